@@ -1,0 +1,150 @@
+"""Python API: ``film.load_fuser(checkpoint, backend, device).fuse(a, b, text)``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from film.backends.registry import check_name, get_backend
+from film.common.checkpoint import Checkpoint, load_checkpoint
+from film.common.spec import OFFICIAL, FilmConfig
+from film.errors import FilmError
+
+# Peak CPU memory of one forward pass per input pixel, measured with film bench --memory on the
+# official config (float32, batch 1): torch ~5.3 KB/pixel, jittor ~7.4 KB/pixel. See docs/memory.md.
+BYTES_PER_PIXEL = {"torch": 5_500, "jittor": 7_500}
+FIXED_BYTES = 400 * 2**20  # the 288x384 token grid and the weights, independent of the input size
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes, or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_memory(backend: str, batch: int, h: int, w: int, device: str) -> None:
+    if device.startswith("cuda") or os.environ.get("FILM_SKIP_MEMORY_CHECK") == "1":
+        return
+    need = FIXED_BYTES + BYTES_PER_PIXEL[backend] * batch * h * w
+    avail = available_memory()
+    if avail is not None and need > avail:
+        raise FilmError(
+            f"fusing {batch}x{h}x{w} with the {backend} backend needs about {need / 2**30:.1f} GiB of memory, "
+            f"but only {avail / 2**30:.1f} GiB is available: use a smaller image, a smaller batch, or a GPU "
+            "(set FILM_SKIP_MEMORY_CHECK=1 to try anyway)"
+        )
+
+
+def _as_batch(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 2:
+        x = x[None, None]
+    elif x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim != 4 or x.shape[1] != 1:
+        raise FilmError(f"{name}: expected HxW, NxHxW or Nx1xHxW, got shape {x.shape}")
+    if x.size == 0:
+        raise FilmError(f"{name}: empty image {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
+        raise FilmError(f"{name}: expected a numeric array, got {x.dtype}")
+    x = x.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise FilmError(f"{name}: contains NaN or inf")
+    return x
+
+
+def check_text(text: np.ndarray, text_dim: int, batch: int, name: str = "text") -> np.ndarray:
+    """Text features (L, D), (1, L, D) or (N, L, D) -> float32 (N, L, D)."""
+    t = np.asarray(text)
+    if t.ndim == 2:
+        t = t[None]
+    if t.ndim == 4 and t.shape[1] == 1:  # (N, 1, L, D) as the official H5 loader yields
+        t = t[:, 0]
+    if t.ndim != 3 or t.shape[-1] != text_dim or t.shape[1] == 0:
+        raise FilmError(
+            f"{name}: expected text features of shape (L, {text_dim}) or (1, L, {text_dim}), got {t.shape}"
+        )
+    if not np.issubdtype(t.dtype, np.floating):
+        raise FilmError(f"{name}: expected float text features, got {t.dtype}")
+    t = t.astype(np.float32, copy=False)
+    if not np.isfinite(t).all():
+        raise FilmError(f"{name}: contains NaN or inf")
+    if t.shape[0] == 1 and batch > 1:
+        t = np.repeat(t, batch, axis=0)
+    if t.shape[0] != batch:
+        raise FilmError(f"{name}: {t.shape[0]} text feature sets for {batch} image pairs")
+    return t
+
+
+@dataclass
+class Fuser:
+    """A loaded FILM network in one backend."""
+
+    backend: str
+    model: object
+    cfg: FilmConfig
+    device: str
+    checkpoint: Checkpoint | None = None
+
+    @property
+    def _impl(self):
+        return get_backend(self.backend, self.device)
+
+    def fuse(self, a: np.ndarray, b: np.ndarray, text: np.ndarray, taps: dict | None = None) -> np.ndarray:
+        """Fuse A and B guided by ``text``.
+
+        a, b: float32 HxW in [0, 1] (or NxHxW / Nx1xHxW, any size); text: (L, 768), (1, L, 768) or (N, L, 768).
+        Returns the raw network output (sigmoid, before the official min-max stretch), float32 of the
+        same leading shape as ``a`` (HxW for HxW input).
+        """
+        squeeze = np.asarray(a).ndim
+        a4, b4 = _as_batch(a, "a"), _as_batch(b, "b")
+        if a4.shape != b4.shape:
+            raise FilmError(f"a and b differ in shape: {a4.shape[-2:]} vs {b4.shape[-2:]}")
+        t = check_text(text, self.cfg.text_dim, a4.shape[0])
+        check_memory(self.backend, a4.shape[0], a4.shape[2], a4.shape[3], self.device)
+        out = self._impl.forward_numpy(self.model, a4, b4, t, taps=taps)
+        if squeeze == 2:
+            return out[0, 0]
+        if squeeze == 3:
+            return out[:, 0]
+        return out
+
+
+def load_fuser(
+    checkpoint: str | os.PathLike | dict | None,
+    backend: str = "torch",
+    device: str = "auto",
+    cfg: FilmConfig | None = None,
+) -> Fuser:
+    """Load a FILM checkpoint into a backend.
+
+    checkpoint: a path (.pth official/training dict/bare, .pkl Jittor, .safetensors), a numpy state dict,
+    or None for the seeded random weights of :func:`film.common.init.random_state_dict` (demos, tests).
+    """
+    cfg = cfg or OFFICIAL
+    check_name(backend)
+    if checkpoint is None:
+        from film.common.init import random_state_dict
+
+        ck = Checkpoint(random_state_dict(cfg, seed=0), {}, "random")
+    elif isinstance(checkpoint, dict):
+        from film.common.checkpoint import unwrap, validate
+
+        sd, extras = unwrap(checkpoint, "state dict")
+        validate(sd, cfg, "state dict")
+        ck = Checkpoint(sd, extras, "dict")
+    else:
+        ck = load_checkpoint(checkpoint, cfg)
+    impl = get_backend(backend, device)
+    model = impl.build_model(cfg, ck.state_dict, device)
+    dev = str(impl.resolve_device(device))
+    return Fuser(backend, model, cfg, dev, ck)

@@ -1,0 +1,1 @@
+"""Jittor backend. Import :mod:`film.backends.jittor.runtime` first: it configures Jittor before importing it."""

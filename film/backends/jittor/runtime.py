@@ -1,0 +1,143 @@
+"""Configure and import Jittor so that users never set Jittor's environment by hand.
+
+Jittor reads its configuration from environment variables at import time, so everything here
+happens right before ``import jittor`` and uses ``os.environ.setdefault`` (a user's own setting wins):
+
+* no GPU (or ``device='cpu'``): ``nvcc_path=""`` — otherwise Jittor finds a CUDA toolkit without a
+  driver and dies loading libcudart; the build is CPU-only.
+* always ``use_mkl=0`` — otherwise Jittor tries to download oneDNN, which fails offline.
+* CUDA 13 (see docs/gpu.md): the cudaDeviceProp fields Jittor reads were removed; a ``-D`` shim and
+  C++20 make its headers compile, cutlass/cutt/nccl (downloads) are off, and its own convolution is
+  used instead of cuDNN 8 names. Built in a separate cache (``cache_name``).
+* ``log_silent=1`` keeps Jittor's info lines off the user's terminal (``FILM_JITTOR_VERBOSE=1`` shows them).
+
+When its compile flags change Jittor prints "please rerun" and calls ``sys.exit(0)`` in the middle of
+the import. We therefore warm Jittor up in a child process first (once per environment, remembered
+in a stamp file), and turn any remaining ``SystemExit`` into a clear error.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+from film.errors import FilmError
+
+_imported = None
+
+
+def has_nvidia_gpu() -> bool:
+    return bool(glob.glob("/dev/nvidia[0-9]*")) and shutil.which("nvidia-smi") is not None
+
+
+def configure_env(device: str = "auto") -> str:
+    """Set Jittor's environment for ``device`` ('auto', 'cpu', 'cuda'); return the resolved device."""
+    want_cuda = device.startswith("cuda") or (device == "auto" and has_nvidia_gpu())
+    if device.startswith("cuda") and not has_nvidia_gpu():
+        raise FilmError(f"device {device!r} requested but no NVIDIA GPU is visible")
+    os.environ.setdefault("use_mkl", "0")
+    if os.environ.get("FILM_JITTOR_VERBOSE", "0") != "1":
+        os.environ.setdefault("log_silent", "1")
+    if not want_cuda:
+        os.environ.setdefault("nvcc_path", "")
+        return "cpu"
+    nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+    os.environ.setdefault("nvcc_path", os.path.realpath(nvcc) if os.path.exists(nvcc) else nvcc)
+    for k, v in (
+        ("use_cutt", "0"),
+        ("use_cutlass", "0"),
+        ("use_nccl", "0"),
+        ("conv_opt", "1"),
+        ("cache_name", "film-cuda"),
+    ):
+        os.environ.setdefault(k, v)
+    os.environ.setdefault("cc_flags", "-DclockRate=multiProcessorCount -DcomputeMode=integrated -std=c++20")
+    return "cuda"
+
+
+def _stamp_path() -> str:
+    keys = (
+        "nvcc_path",
+        "use_mkl",
+        "cc_flags",
+        "cache_name",
+        "use_cutt",
+        "use_cutlass",
+        "use_nccl",
+        "conv_opt",
+    )
+    ident = "|".join([sys.executable, sys.version] + [f"{k}={os.environ.get(k, '')}" for k in keys])
+    try:
+        from importlib.metadata import version
+
+        ident += "|jittor=" + version("jittor")
+    except Exception:  # metadata missing: still stamp on the rest
+        pass
+    h = hashlib.sha1(ident.encode()).hexdigest()[:16]
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "film-fusion", f"jittor-ready-{h}")
+
+
+def warm_up(quiet: bool = False) -> None:
+    """Import Jittor in child processes until it imports without asking for a rerun (first use compiles)."""
+    stamp = _stamp_path()
+    if os.path.exists(stamp):
+        return
+    if not quiet:
+        print(
+            "film: preparing Jittor for this machine (the first time compiles its core: a few minutes)...",
+            file=sys.stderr,
+            flush=True,
+        )
+    code = "import jittor as jt; v = (jt.ones(2) * 2).sum().item(); print('FILM_JITTOR_OK', v)"
+    last = ""
+    for _ in range(3):
+        r = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy()
+        )
+        last = (r.stdout + r.stderr).strip()
+        if r.returncode == 0 and "FILM_JITTOR_OK 4.0" in r.stdout:
+            os.makedirs(os.path.dirname(stamp), exist_ok=True)
+            with open(stamp, "w") as f:
+                f.write("ok\n")
+            return
+        if r.returncode != 0:
+            break
+    tail = "\n".join(last.splitlines()[-15:])
+    raise FilmError(f"Jittor could not be prepared on this machine:\n{tail}")
+
+
+def import_jittor(device: str = "auto"):
+    """Configure the environment, warm up once, and import Jittor in this process."""
+    global _imported
+    if _imported is not None:
+        return _imported
+    if "jittor" not in sys.modules:
+        try:
+            import importlib.util
+
+            if importlib.util.find_spec("jittor") is None:
+                raise ImportError
+        except ImportError:
+            raise FilmError(
+                "the jittor backend needs jittor, which is not installed: pip install 'film-fusion[jittor]' "
+                "(needs numpy<2 and a C++ compiler)"
+            ) from None
+        configure_env(device)
+        warm_up()
+    try:
+        import jittor
+    except SystemExit:
+        raise FilmError("Jittor rebuilt part of itself during import; run the command again") from None
+    _imported = jittor
+    return jittor
+
+
+if __name__ == "__main__":  # python -m film.backends.jittor.runtime: compile/check Jittor once
+    configure_env(sys.argv[1] if len(sys.argv) > 1 else "auto")
+    warm_up()
+    print(f"film: Jittor ready ({_stamp_path()})")

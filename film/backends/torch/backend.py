@@ -1,0 +1,78 @@
+"""PyTorch backend entry points used by film.api / cli / tests (mirrored by jittor/backend.py)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from film.backends.torch.model import Net
+from film.common.checkpoint import validate
+from film.common.spec import OFFICIAL, FilmConfig, param_schema
+from film.errors import FilmError
+
+NAME = "torch"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FilmError(f"device {device!r} requested but torch sees no CUDA GPU")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise FilmError(f"unknown device {device!r} ({e})") from None
+
+
+def set_deterministic() -> None:
+    """Full float32 matmuls: TF32 changes results at the 1e-3 level, so parity runs turn it off."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def build_model(cfg: FilmConfig = OFFICIAL, state_dict: dict | None = None, device: str = "auto") -> Net:
+    """A ``Net`` in eval mode on ``device``; ``state_dict`` (numpy, canonical names) is loaded strictly."""
+    model = Net(cfg)
+    if state_dict is not None:
+        load_state_dict(model, state_dict)
+    return model.to(resolve_device(device)).eval()
+
+
+def load_state_dict(model: Net, state_dict: dict) -> None:
+    validate(state_dict, model.cfg, "state dict")
+    tensors = OrderedDict(
+        (k, torch.from_numpy(np.ascontiguousarray(state_dict[k], dtype=np.float32)))
+        for k in param_schema(model.cfg)
+    )
+    model.load_state_dict(tensors, strict=True)
+
+
+def state_dict_numpy(model: Net) -> OrderedDict[str, np.ndarray]:
+    sd = model.state_dict()
+    return OrderedDict((k, sd[k].detach().cpu().numpy().copy()) for k in param_schema(model.cfg))
+
+
+def forward_numpy(
+    model: Net, a: np.ndarray, b: np.ndarray, text: np.ndarray, taps: dict | None = None
+) -> np.ndarray:
+    """(B,1,H,W), (B,1,H,W), (B,L,D) float32 numpy -> (B,1,H,W) float32 numpy; ``taps`` filled with numpy."""
+    p = next(model.parameters())
+    dt = np.float64 if p.dtype == torch.float64 else np.float32  # a .double() model is the float64 reference
+    raw: dict | None = {} if taps is not None else None
+    with torch.inference_mode():
+        out = model(
+            torch.from_numpy(np.ascontiguousarray(a, dtype=dt)).to(p.device),
+            torch.from_numpy(np.ascontiguousarray(b, dtype=dt)).to(p.device),
+            torch.from_numpy(np.ascontiguousarray(text, dtype=dt)).to(p.device),
+            taps=raw,
+        )
+    if taps is not None:
+        taps.update({k: v.cpu().numpy() for k, v in raw.items()})
+    return out.cpu().numpy()
+
+
+def describe() -> str:
+    cuda = f", CUDA {torch.version.cuda}" if torch.cuda.is_available() else ""
+    return f"torch {torch.__version__}{cuda}"

@@ -1,0 +1,90 @@
+"""Framework-specific primitives of FILM for PyTorch, one small function each (mirrored in jittor/ops.py)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from film.common.resize import nearest_index
+
+_index_cache: dict[tuple[int, int, str], torch.Tensor] = {}
+
+
+def _index(in_size: int, out_size: int, device: torch.device) -> torch.Tensor:
+    key = (in_size, out_size, str(device))
+    idx = _index_cache.get(key)
+    if idx is None:
+        idx = torch.from_numpy(nearest_index(in_size, out_size)).to(device)
+        _index_cache[key] = idx
+    return idx
+
+
+def resize_nearest(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``F.interpolate(x, size, mode='nearest')`` as two gathers with index maps from film.common.resize."""
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x
+    if h != size[0]:
+        x = x.index_select(-2, _index(h, size[0], x.device))
+    if w != size[1]:
+        x = x.index_select(-1, _index(w, size[1], x.device))
+    return x
+
+
+def layer_norm_withbias(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """Official WithBias_LayerNorm over channels of (B,C,H,W): biased variance, eps inside the sqrt."""
+    mu = x.mean(1, keepdim=True)
+    var = x.var(1, keepdim=True, unbiased=False)
+    return (x - mu) / torch.sqrt(var + eps) * weight[:, None, None] + bias[:, None, None]
+
+
+def l2_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.normalize(x, p=2.0, dim=-1, eps=eps)
+
+
+def l1_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.normalize(x, p=1.0, dim=-1, eps=eps)
+
+
+def softmax(x: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(x, dim=-1)
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over (B, heads, L, d) — what nn.MultiheadAttention computes."""
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def cat(xs: list[torch.Tensor], dim: int) -> torch.Tensor:
+    return torch.cat(xs, dim)
+
+
+def sigmoid(x: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(x)
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, w, b)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.matmul(a, b)
+
+
+def mean_keepdim(x: torch.Tensor, dim: int) -> torch.Tensor:
+    return x.mean(dim, keepdim=True)
+
+
+def gram(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """q @ k^T over the last axis (H*W long in MDTA)."""
+    return torch.matmul(q, k.transpose(-2, -1))
+
+
+def detach(x: torch.Tensor) -> torch.Tensor:
+    return x.detach()

@@ -1,0 +1,218 @@
+"""``film`` command line: convert | parity | fuse | eval | prepare.
+
+Every expected problem is a :class:`film.FilmError`: one line (or one block) on stderr, exit code 2,
+no traceback. Anything unexpected is reported in one line with exit code 1 (FILM_DEBUG=1 shows the
+traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from film.errors import FilmError
+
+
+def _progress(iterable, total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(
+        iterable, total=total, desc=desc, unit="pair", file=sys.stderr, disable=None, dynamic_ncols=True
+    )
+
+
+# --------------------------------------------------------------------------- convert
+
+
+def cmd_convert(args) -> int:
+    from film.common.checkpoint import convert
+
+    ck = convert(args.src, args.output, keep_optimizer=args.keep_optimizer)
+    kept = " (optimizer state kept)" if args.keep_optimizer else ""
+    print(f"{args.src} [{ck.source_format}] -> {args.output}: {len(ck.state_dict)} tensors{kept}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parity
+
+
+def cmd_parity(args) -> int:
+    from film.api import load_fuser
+    from film.common.checkpoint import load_checkpoint
+    from film.parity import ATOL_OUTPUT, RTOL_TAP, collect_inputs, format_report, run_pair
+
+    args.atol = ATOL_OUTPUT if args.atol is None else args.atol
+    args.rtol = RTOL_TAP if args.rtol is None else args.rtol
+    sd = None if args.checkpoint == "random" else load_checkpoint(args.checkpoint).state_dict
+    fusers = {}
+    for name in ("torch", "jittor"):
+        fusers[name] = load_fuser(sd, backend=name, device=args.device)
+        fusers[name]._impl.set_deterministic()
+    inputs = collect_inputs(args.pairs, args.text, fusers["torch"].cfg.text_dim, args.limit)
+    ref_model = None
+    if not args.no_reference:
+        import copy
+
+        ref_model = copy.deepcopy(fusers["torch"].model).double()
+    reports = []
+    for label, a, b, text in _progress(inputs, len(inputs), "parity"):
+        reports.append(run_pair(fusers, label, a, b, text, ref_model))
+    print(f"torch: {fusers['torch']._impl.describe()} | jittor: {fusers['jittor']._impl.describe()}")
+    print(format_report(reports, args.atol, args.rtol))
+    return 0 if all(r.ok(args.atol, args.rtol) for r in reports) else 1
+
+
+# --------------------------------------------------------------------------- fuse
+
+
+def cmd_fuse(args) -> int:
+    from film.fuse import run_fuse
+
+    t0 = time.time()
+    n, out = run_fuse(args)
+    print(f"fused {n} pair(s) with {args.backend} in {time.time() - t0:.1f}s -> {out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from film.evaluate import run_eval
+
+    return run_eval(args)
+
+
+def cmd_prepare(args) -> int:
+    from film.prepare import run_prepare
+
+    return run_prepare(args)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="film", description="FILM image fusion in PyTorch and Jittor")
+    from film import __version__
+
+    p.add_argument("--version", action="version", version=f"film {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("convert", help="convert a checkpoint between .pth, .pkl and .safetensors")
+    c.add_argument("src", help="input checkpoint (.pth official/training dict/bare, .pkl, .safetensors)")
+    c.add_argument("-o", "--output", required=True, help="output path; its extension picks the format")
+    c.add_argument(
+        "--keep-optimizer", action="store_true", help="keep optimizer/scheduler state (.pth/.pkl only)"
+    )
+    c.set_defaults(func=cmd_convert)
+
+    q = sub.add_parser("parity", help="run torch and jittor on the same weights and inputs and compare")
+    q.add_argument("checkpoint", help="checkpoint path, or 'random' for seeded random weights")
+    q.add_argument(
+        "--pairs",
+        help="folder with paired images (ir/vi, MRI/CT, over/under, near/far, A/B sub-folders, "
+        "searched recursively); default: the shipped samples",
+    )
+    q.add_argument("--text", help="folder of <name>.npy text features; default: seeded synthetic features")
+    q.add_argument("--limit", type=int, default=None, help="compare at most this many pairs")
+    q.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    q.add_argument("--atol", type=float, default=None, help="output tolerance (default 1e-5)")
+    q.add_argument(
+        "--rtol", type=float, default=None, help="per-tap tolerance relative to max|x| (default 1e-5)"
+    )
+    q.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="skip the float64 reference run (then the plain tolerances apply, without torch's own rounding allowance)",
+    )
+    q.set_defaults(func=cmd_parity)
+
+    f = sub.add_parser("fuse", help="fuse image pairs and save PNGs as the official test.py does")
+    f.add_argument(
+        "--checkpoint", required=True, help="checkpoint path, or 'random' for seeded random weights (demo)"
+    )
+    f.add_argument("--backend", default="torch", help="torch (default) or jittor")
+    f.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    src = f.add_mutually_exclusive_group(required=True)
+    src.add_argument("--h5", help="an H5 file made by film prepare (imageA, imageB, text groups)")
+    src.add_argument("--a", help="folder of A images (IR, MRI, over-exposed, near-focus)")
+    src.add_argument(
+        "--pairs", help="folder searched for paired sub-folders (ir/vi, MRI/CT, over/under, near/far, A/B)"
+    )
+    f.add_argument("--b", help="folder of B images (with --a)")
+    f.add_argument("--text", help="folder of <name>.npy text features (with --a/--pairs)")
+    f.add_argument(
+        "--random-text", action="store_true", help="use seeded synthetic text features (demo only)"
+    )
+    f.add_argument("-o", "--output", required=True, help="output folder")
+    f.add_argument("--color", action="store_true", help="also write Color/<name>.png for colour sources")
+    f.add_argument("--grid", action="store_true", help="also write grid/<name>.png (A | B | fused)")
+    f.add_argument(
+        "--batch-size", type=int, default=1, help="pairs per forward pass (same-size pairs are batched)"
+    )
+    f.set_defaults(func=cmd_fuse)
+
+    e = sub.add_parser("eval", help="the twelve metrics of the official Evaluator")
+    e.add_argument(
+        "--fused", required=True, action="append", help="folder of fused images (repeat to compare methods)"
+    )
+    e.add_argument("--a", required=True, help="folder of A images")
+    e.add_argument("--b", required=True, help="folder of B images")
+    e.add_argument(
+        "--metrics", nargs="+", default=None, help="subset of EN SD SF AG MI MSE CC PSNR SCD VIFF Qabf SSIM"
+    )
+    e.add_argument("--dataset", default=None, help="dataset name for the table (default: folder name)")
+    e.add_argument("--json", help="write full-precision results as JSON")
+    e.add_argument("--csv", help="write per-image results as CSV")
+    e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser(
+        "prepare", help="VLF dataset layout (or two folders + text) -> H5 for training/testing"
+    )
+    r.add_argument("--vlf", help="VLF dataset root (Image/, TextFeature/)")
+    r.add_argument("--task", choices=["IVF", "MIF", "MEF", "MFF"], help="task (with --vlf)")
+    r.add_argument("--dataset", help="dataset name, e.g. MSRS (with --vlf)")
+    r.add_argument(
+        "--split", choices=["train", "test"], help="split list file Image/<task>/<dataset>/<split>.txt"
+    )
+    r.add_argument(
+        "--small", action="store_true", help="official 'small' training resize to 384x288 / 288x384"
+    )
+    r.add_argument("--a", help="folder of A images (own data mode)")
+    r.add_argument("--b", help="folder of B images (own data mode)")
+    r.add_argument("--text", help="folder of <name>.npy text features (own data mode)")
+    r.add_argument("--name", help="output name in own-data mode (default: folder name of --a's parent)")
+    r.add_argument("-o", "--output", required=True, help="output folder for <dataset>_<split>.h5")
+    r.set_defaults(func=cmd_prepare)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FilmError as e:
+        print(f"film {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"film {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(
+            f"film {args.command}: error: out of memory (try a smaller image or batch, or a GPU)",
+            file=sys.stderr,
+        )
+        return 2
+    except Exception as e:  # last resort: one line, not a traceback
+        if os.environ.get("FILM_DEBUG") == "1":
+            raise
+        print(
+            f"film {args.command}: internal error: {type(e).__name__}: {e} (set FILM_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Framework-free parts of FILM: spec, checkpoints, images, data, metrics."""

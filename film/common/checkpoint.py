@@ -1,0 +1,260 @@
+"""Checkpoints in every format, framework-free: read, unwrap, validate against the schema, write.
+
+Formats
+-------
+``.pth``         PyTorch zip. Official training dict ``{'model','optimizer1','lr_schedule1','epoch','step'}``
+                 with DataParallel ``module.`` keys, or a bare state dict, with or without the prefix.
+``.pkl``         Jittor ``jt.save({'model': state_dict, ...})`` (pickle + sha1 trailer), or a bare state dict.
+``.safetensors`` flat tensors; the model only (optimizer state has no flat layout), plus metadata.
+
+Reading never executes code: see :mod:`film.common.safeio`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from film.common.safeio import read_jittor_pkl, read_torch_zip, write_jittor_pkl, write_torch_zip
+from film.common.spec import CHECKPOINT_KEYS, DATAPARALLEL_PREFIX, OFFICIAL, FilmConfig, param_schema
+from film.errors import FilmError
+
+FORMATS = {".pth": "pth", ".pt": "pth", ".bin": "pth", ".pkl": "pkl", ".safetensors": "safetensors"}
+_MAX_LISTED = 12
+
+
+@dataclass
+class Checkpoint:
+    """A validated FILM state dict (numpy float32, canonical names) plus what else the file held."""
+
+    state_dict: OrderedDict[str, np.ndarray]
+    extras: dict = field(default_factory=dict)  # optimizer1, lr_schedule1, epoch, step, ... when present
+    source_format: str = ""
+
+
+def detect_format(path: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in FORMATS:
+        raise FilmError(
+            f"{path}: unknown checkpoint extension {ext!r} (expected one of {', '.join(FORMATS)})"
+        )
+    return FORMATS[ext]
+
+
+def _read_pth(path: str) -> object:
+    if zipfile.is_zipfile(path):
+        return read_torch_zip(path)
+    # Legacy (pre-1.6) torch serialization is a sequence of pickles; only torch can read it, and
+    # only with weights_only=True so no code runs.
+    try:
+        import torch
+    except ImportError:
+        raise FilmError(
+            f"{path}: not a zip-format PyTorch checkpoint (empty, truncated, or saved by torch<1.6, "
+            "which needs torch to read: pip install 'film-fusion[torch]')"
+        ) from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types here; all mean "unreadable"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FilmError(f"{path}: not a readable PyTorch checkpoint ({first[:200]})") from None
+
+    def to_np(x):
+        if isinstance(x, torch.Tensor):
+            return x.detach().cpu().float().numpy() if x.dtype == torch.bfloat16 else x.detach().cpu().numpy()
+        if isinstance(x, dict):
+            return type(x)((k, to_np(v)) for k, v in x.items())
+        if isinstance(x, (list, tuple)):
+            return type(x)(to_np(v) for v in x)
+        return x
+
+    return to_np(obj)
+
+
+def _read_safetensors(path: str) -> object:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(path)
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as e:
+        raise FilmError(f"{path}: not a readable safetensors file ({e})") from None
+    meta = header.get("__metadata__", {}) or {}
+    extras = {}
+    for k in ("epoch", "step"):
+        if k in meta:
+            try:
+                extras[k] = int(meta[k])
+            except ValueError:
+                pass
+    return {"model": OrderedDict(tensors), **extras}
+
+
+def read_raw(path: str | os.PathLike) -> object:
+    """The top-level object of a checkpoint file, tensors as numpy arrays."""
+    path = os.fspath(path)
+    fmt = detect_format(path)
+    if not os.path.exists(path):
+        raise FilmError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise FilmError(f"{path}: is a folder, not a checkpoint file")
+    if os.path.getsize(path) == 0:
+        raise FilmError(f"{path}: empty file")
+    if fmt == "pth":
+        return _read_pth(path)
+    if fmt == "pkl":
+        return read_jittor_pkl(path)
+    return _read_safetensors(path)
+
+
+def unwrap(obj: object, path: str = "checkpoint") -> tuple[OrderedDict[str, np.ndarray], dict]:
+    """Find the state dict (``obj['model']``, ``obj['state_dict']`` or ``obj`` itself) and strip ``module.``."""
+    if not isinstance(obj, dict):
+        raise FilmError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+    extras: dict = {}
+    sd = obj
+    for key in ("model", "state_dict"):
+        if key in obj and isinstance(obj[key], dict):
+            sd = obj[key]
+            extras = {k: v for k, v in obj.items() if k != key}
+            break
+    out: OrderedDict[str, np.ndarray] = OrderedDict()
+    bad = []
+    for k, v in sd.items():
+        if not isinstance(k, str):
+            bad.append(repr(k))
+            continue
+        name = k[len(DATAPARALLEL_PREFIX) :] if k.startswith(DATAPARALLEL_PREFIX) else k
+        if not isinstance(v, np.ndarray):
+            bad.append(f"{k} ({type(v).__name__})")
+            continue
+        out[name] = v
+    if bad:
+        raise FilmError(f"{path}: entries that are not tensors: {', '.join(bad[:_MAX_LISTED])}")
+    return out, extras
+
+
+def validate(sd: dict, cfg: FilmConfig = OFFICIAL, path: str = "checkpoint") -> None:
+    """Raise one :class:`FilmError` listing every missing, unexpected, mis-shaped or non-finite tensor."""
+    schema = param_schema(cfg)
+    missing = [k for k in schema if k not in sd]
+    unexpected = [k for k in sd if k not in schema]
+    wrong = [
+        f"{k}: {tuple(sd[k].shape)} != {schema[k]}"
+        for k in schema
+        if k in sd and tuple(sd[k].shape) != schema[k]
+    ]
+    dtype = [f"{k}: {sd[k].dtype}" for k in schema if k in sd and not np.issubdtype(sd[k].dtype, np.floating)]
+    nonfinite = [
+        k
+        for k in schema
+        if k in sd and np.issubdtype(sd[k].dtype, np.floating) and not np.isfinite(sd[k]).all()
+    ]
+    if not (missing or unexpected or wrong or dtype or nonfinite):
+        return
+
+    def block(title, items):
+        more = f"\n    ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+        return f"\n  {title} ({len(items)}):\n    " + "\n    ".join(items[:_MAX_LISTED]) + more
+
+    found = len(schema) - len(missing)
+    head = (
+        f"{path}: does not match the FILM parameter schema ({found} of {len(schema)} expected tensors found)"
+    )
+    if found == 0:
+        head = f"{path}: not a FILM checkpoint (none of the {len(schema)} expected tensors found)"
+    msg = head
+    for title, items in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("wrong shape", wrong),
+        ("not floating point", dtype),
+        ("NaN or inf values", nonfinite),
+    ):
+        if items:
+            msg += block(title, items)
+    raise FilmError(msg)
+
+
+def load_checkpoint(path: str | os.PathLike, cfg: FilmConfig = OFFICIAL) -> Checkpoint:
+    """Read any supported checkpoint, unwrap it, validate it against the schema, return float32 tensors."""
+    path = os.fspath(path)
+    raw = read_raw(path)
+    sd, extras = unwrap(raw, path)
+    validate(sd, cfg, path)
+    schema = param_schema(cfg)
+    ordered = OrderedDict((k, np.ascontiguousarray(sd[k], dtype=np.float32)) for k in schema)
+    return Checkpoint(ordered, extras, detect_format(path))
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    state_dict: dict,
+    extras: dict | None = None,
+    cfg: FilmConfig = OFFICIAL,
+    keep_optimizer: bool = False,
+) -> None:
+    """Write a validated state dict in the format given by ``path``'s extension, atomically.
+
+    ``.pth``: the official training dict; keys carry the DataParallel ``module.`` prefix so the official
+    ``test.py`` loads it into ``nn.DataParallel(Net())`` unchanged. ``optimizer1``/``lr_schedule1`` are
+    the stored ones when ``keep_optimizer`` and present, else ``None``.
+    ``.pkl``: ``{'model': state_dict}`` as ``jt.save`` writes it (plus optimizer state if kept).
+    ``.safetensors``: the state dict, ``epoch``/``step`` in metadata.
+    """
+    path = os.fspath(path)
+    fmt = detect_format(path)
+    validate(state_dict, cfg, "state dict to save")
+    extras = dict(extras or {})
+    schema = param_schema(cfg)
+    sd = OrderedDict((k, np.ascontiguousarray(state_dict[k])) for k in schema)
+    if fmt == "pth":
+        obj = OrderedDict()
+        obj["model"] = OrderedDict((DATAPARALLEL_PREFIX + k, v) for k, v in sd.items())
+        for key in CHECKPOINT_KEYS[1:]:
+            if key in ("optimizer1", "lr_schedule1") and not keep_optimizer:
+                obj[key] = None
+            else:
+                obj[key] = extras.get(key)
+        write_torch_zip(path, obj)
+    elif fmt == "pkl":
+        obj = {"model": dict(sd)}
+        for key in ("epoch", "step"):
+            if extras.get(key) is not None:
+                obj[key] = extras[key]
+        if keep_optimizer:
+            for key in ("optimizer1", "lr_schedule1"):
+                if extras.get(key) is not None:
+                    obj[key] = extras[key]
+        write_jittor_pkl(path, obj)
+    else:
+        from safetensors.numpy import save_file
+
+        from film.common.safeio import atomic_path
+
+        meta = {"format": "pt", "producer": "film-fusion"}
+        for key in ("epoch", "step"):
+            if isinstance(extras.get(key), (int, np.integer)):
+                meta[key] = str(int(extras[key]))
+        with atomic_path(path) as tmp:
+            save_file(dict(sd), tmp, metadata=meta)
+
+
+def convert(src: str, dst: str, cfg: FilmConfig = OFFICIAL, keep_optimizer: bool = False) -> Checkpoint:
+    """Convert between any two formats; the tensors are copied bit for bit."""
+    if os.path.abspath(src) == os.path.abspath(dst):
+        raise FilmError(f"{dst}: output would overwrite the input")
+    detect_format(dst)
+    raw = read_raw(src)
+    sd, extras = unwrap(raw, src)
+    validate(sd, cfg, src)
+    save_checkpoint(dst, sd, extras, cfg, keep_optimizer=keep_optimizer)
+    return Checkpoint(OrderedDict((k, sd[k]) for k in param_schema(cfg)), extras, detect_format(src))

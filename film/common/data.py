@@ -1,0 +1,88 @@
+"""The VLF H5 layout (groups imageA, imageB, text; one dataset per sample) read framework-free.
+
+The official ``H5ImageTextDataset`` reopens the file and lists every key on each item; this reader
+opens it once per process (worker) and keeps the sorted sample list. Order = h5py key order
+(alphabetical), which is the order the official reader indexes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from film.errors import FilmError
+
+GROUPS = ("imageA", "imageB", "text")
+
+
+class H5Pairs:
+    """Random access to (imageA (1,H,W) float32, imageB, text (1,L,D) float32, name)."""
+
+    def __init__(self, path: str):
+        import h5py
+
+        self.path = path
+        if not os.path.isfile(path):
+            raise FilmError(f"{path}: no such H5 file")
+        try:
+            with h5py.File(path, "r") as f:
+                missing = [g for g in GROUPS if g not in f]
+                if missing:
+                    raise FilmError(
+                        f"{path}: missing group(s) {', '.join(missing)} (expected imageA, imageB, text)"
+                    )
+                names = [list(f[g].keys()) for g in GROUPS]
+        except FilmError:
+            raise
+        except (OSError, KeyError, ValueError) as e:
+            raise FilmError(f"{path}: not a readable H5 file ({e})") from None
+        a, b, t = (set(n) for n in names)
+        if not (a == b == t):
+            diff = sorted((a ^ b) | (a ^ t))
+            raise FilmError(f"{path}: sample names differ between groups: {', '.join(diff[:10])}")
+        if not names[0]:
+            raise FilmError(f"{path}: no samples")
+        self.names = names[0]
+        self._file = None
+        self._pid = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def _f(self):
+        import h5py
+
+        if self._file is None or self._pid != os.getpid():  # one handle per worker process
+            self._file = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._file
+
+    def __getitem__(self, idx: int):
+        name = self.names[idx]
+        f = self._f()
+        try:
+            a = np.asarray(f["imageA"][name][()], dtype=np.float32)
+            b = np.asarray(f["imageB"][name][()], dtype=np.float32)
+            t = np.asarray(f["text"][name][()], dtype=np.float32)
+        except (KeyError, OSError, ValueError, TypeError) as e:
+            raise FilmError(f"{self.path}: sample {name}: unreadable ({e})") from None
+        if a.ndim == 2:
+            a, b = a[None], b[None]
+        if a.ndim != 3 or a.shape != b.shape or a.shape[0] != 1:
+            raise FilmError(
+                f"{self.path}: sample {name}: images of shape {a.shape} and {b.shape}, expected equal (1, H, W)"
+            )
+        if t.ndim == 2:
+            t = t[None]
+        return a, b, t, name
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_file"] = None
+        return state
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,115 @@
+"""The FILM forward computation, written once for both backends.
+
+Each function takes a module ``m`` (whose sub-modules and parameters carry the official names) and
+``ops``, the backend's ``ops`` module: a dozen small primitives with identical signatures in
+``film/backends/torch/ops.py`` and ``film/backends/jittor/ops.py``. Tensor methods used here
+(``reshape``, ``transpose``, ``chunk``, ``shape``, ``*``, ``+``) behave the same in both frameworks.
+Keeping the computation in one place means the two backends cannot drift apart in layer order.
+
+Restates the official ``net/Film.py`` / ``net/restormer.py`` (IF-FILM) forward.
+"""
+
+from __future__ import annotations
+
+
+def tap(taps, name, x, ops) -> None:
+    if taps is not None:
+        taps[name] = ops.detach(x)
+
+
+def mdta(m, ops, x):
+    """Restormer Multi-DConv Head Transposed Attention over channels. (B,C,H,W) -> (B,C,H,W)."""
+    b, c, h, w = x.shape
+    qkv = m.qkv_dwconv(m.qkv(x)).reshape(b, 3, m.num_heads, c // m.num_heads, h * w)
+    q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+    q = ops.l2_normalize(q, m.eps)
+    k = ops.l2_normalize(k, m.eps)
+    attn = ops.softmax(ops.gram(q, k) * m.temperature)
+    return m.project_out(ops.matmul(attn, v).reshape(b, c, h, w))
+
+
+def gdfn(m, ops, x):
+    """Restormer Gated-Dconv Feed-Forward Network. (B,C,H,W) -> (B,C,H,W)."""
+    x1, x2 = m.dwconv(m.project_in(x)).chunk(2, 1)
+    return m.project_out(ops.gelu(x1) * x2)
+
+
+def transformer_block(m, x):
+    x = x + m.attn(m.norm1(x))
+    return x + m.ffn(m.norm2(x))
+
+
+def multihead_attention(m, ops, query, key, value):
+    """``nn.MultiheadAttention`` on batch-first tensors: (B,L,E), (B,S,E), (B,S,E) -> (B,L,E)."""
+    e, h = m.embed_dim, m.num_heads
+    w, bias = m.in_proj_weight, m.in_proj_bias
+    b, n_q = query.shape[0], query.shape[1]
+
+    def heads(x, i):
+        y = ops.linear(x, w[i * e : (i + 1) * e], bias[i * e : (i + 1) * e])
+        return y.reshape(b, x.shape[1], h, e // h).transpose(1, 2)
+
+    out = ops.attention(heads(query, 0), heads(key, 1), heads(value, 2))
+    return m.out_proj(out.transpose(1, 2).reshape(b, n_q, e))
+
+
+def image_to_tokens(m, ops, x):
+    """1x1 conv, nearest resize to the fixed token grid, cut into (B, N, hidden_dim) tokens.
+
+    The official ``view`` cuts the flattened (C, 288, 384) map into consecutive runs of hidden_dim values.
+    """
+    x = ops.resize_nearest(m.conv(x), m.token_grid)
+    return x.reshape(x.shape[0], -1, m.hidden_dim)
+
+
+def cablock_branch(m, ops, s: str, ca_name: str, image, text, taps, prefix: str):
+    """One source (s = 'A' or 'B') of ``restormer_cablock``."""
+    cfg = m.cfg
+    conv1, prelu1 = getattr(m, f"conv{s}1"), getattr(m, f"prelu{s}1")
+    feat = getattr(m, f"restormer{s}1")(prelu1(conv1(image)))
+    tap(taps, f"{prefix}.restormer{s}1", feat, ops)
+    tokens = getattr(m, f"imagef2textf{s}1")(feat)
+    ca = getattr(m, ca_name)(text, tokens, tokens)
+    # adaptive_avg_pool1d over the text length, then L1 normalisation over the hidden_dim channels.
+    ca = ops.l1_normalize(ops.mean_keepdim(ca, 1), cfg.normalize_eps)
+    tap(taps, f"{prefix}.{ca_name}", ca, ops)
+    h, w = feat.shape[-2], feat.shape[-1]
+    gh, gw = cfg.token_grid
+    # The official code also resizes `feat` to (H, W) twice here: identities, skipped.
+    ca = ops.resize_nearest((tokens * ca).reshape(feat.shape[0], cfg.image2text_dim, gh, gw), (h, w))
+    side = getattr(m, f"prelu{s}2")(getattr(m, f"conv{s}2")(ca)) + feat
+    out = getattr(m, f"prelu{s}3")(getattr(m, f"conv{s}3")(ops.cat([feat, side], 1)))
+    tap(taps, f"{prefix}.out{s}", out, ops)
+    return out
+
+
+def cablock(m, ops, imageA, imageB, text, taps, prefix: str):
+    a = cablock_branch(m, ops, "A", "cross_attentionA1", imageA, text, taps, prefix)
+    b = cablock_branch(m, ops, "B", "cross_attentionA2", imageB, text, taps, prefix)
+    return a, b
+
+
+def text_preprocess(m, ops, x):
+    """Conv1d(768 -> hidden_dim, k=1) over the text tokens: (B,L,768) -> (B,L,hidden_dim)."""
+    return m.conv(x.transpose(1, 2)).transpose(1, 2)
+
+
+def net(m, ops, imageA, imageB, text, taps=None):
+    """FILM: (B,1,H,W), (B,1,H,W), (B,L,768) -> (B,1,H,W) in (0, 1)."""
+    text = m.text_process(text)
+    tap(taps, "text_process", text, ops)
+    a, b = imageA, imageB
+    for i in range(1, m.cfg.num_cablocks + 1):
+        a, b = getattr(m, f"restormerca{i}")(a, b, text, taps, f"restormerca{i}")
+    x = m.restormer1(ops.cat([a, b], 1))
+    tap(taps, "restormer1", x, ops)
+    x = m.conv1(x)
+    tap(taps, "conv1", x, ops)
+    x = m.restormer2(x)
+    tap(taps, "restormer2", x, ops)
+    x = m.restormer3(x)
+    tap(taps, "restormer3", x, ops)
+    # The official attribute is called "softmax" but is a Sigmoid (no parameters).
+    x = ops.sigmoid(m.conv2(x))
+    tap(taps, "head", x, ops)
+    return x

@@ -1,0 +1,161 @@
+"""Both backends on the same weights and inputs: per-tap and end-to-end differences."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from film.common.images import find_ab_folders, find_datasets, load_pair, match_pairs, samples_root, to_uint8
+from film.common.init import random_text
+from film.common.spec import tap_names
+from film.common.textfeat import load_text_for
+from film.errors import FilmError
+
+# The backends differ by float rounding only. How much rounding a float32 FILM forward carries depends
+# on the input: torch's float32 vector_norm and matmul over H*W in the Restormer attention drift on
+# images with large flat areas, and LayerNorm/softmax amplify it (measured: the official float32
+# output 2.9e-4 away from the same network in float64 on the shipped MRI/PET pair; docs/parity.md).
+# Jittor accumulates those two reductions in float64. So a pair passes when the torch-jittor
+# difference is within ATOL plus torch's own float32 rounding error, measured against a float64 run
+# of the same weights (torch backend in double). Taps: relative to their scale max(|x|, 1).
+ATOL_OUTPUT = 1e-5
+RTOL_TAP = 1e-5
+
+
+@dataclass
+class Row:
+    name: str
+    max_abs: float
+    mean_abs: float
+    scale: float
+    torch_f64: float = 0.0  # max |torch float32 - float64 reference|: torch's own rounding error
+    jittor_f64: float = 0.0
+
+    @property
+    def rel(self) -> float:
+        return self.max_abs / max(self.scale, 1.0)
+
+    @property
+    def allowance(self) -> float:
+        return self.torch_f64 / max(self.scale, 1.0)
+
+
+@dataclass
+class PairReport:
+    name: str
+    shape: tuple[int, int]
+    rows: list[Row] = field(default_factory=list)
+    output: Row | None = None
+    uint8_diff_pixels: int = 0
+    uint8_max_diff: int = 0
+    pixels: int = 0
+
+    def ok(self, atol: float = ATOL_OUTPUT, rtol: float = RTOL_TAP) -> bool:
+        return (
+            self.output is not None
+            and self.output.max_abs <= atol + self.output.torch_f64
+            and all(r.rel <= rtol + r.allowance for r in self.rows)
+        )
+
+
+def compare(x: np.ndarray, y: np.ndarray, name: str, ref: np.ndarray | None = None) -> Row:
+    d = np.abs(x.astype(np.float64) - y.astype(np.float64))
+    row = Row(name, float(d.max()), float(d.mean()), float(np.abs(x).max()))
+    if ref is not None:
+        row.torch_f64 = float(np.abs(x - ref).max())
+        row.jittor_f64 = float(np.abs(y - ref).max())
+    return row
+
+
+def run_pair(
+    fusers: dict, name: str, a: np.ndarray, b: np.ndarray, text: np.ndarray, ref_model=None
+) -> PairReport:
+    """``fusers``: {"torch": Fuser, "jittor": Fuser} built from the same weights; ``ref_model``: the
+    torch model in float64 (the rounding-free reference), or None."""
+    taps = {k: {} for k in fusers}
+    outs = {k: f.fuse(a, b, text, taps=taps[k]) for k, f in fusers.items()}
+    t, j = outs["torch"], outs["jittor"]
+    ref_taps: dict = {}
+    ref = None
+    if ref_model is not None:
+        from film.api import _as_batch, check_text
+        from film.backends.torch.backend import forward_numpy
+
+        ref = forward_numpy(
+            ref_model,
+            _as_batch(a, "a"),
+            _as_batch(b, "b"),
+            check_text(text, fusers["torch"].cfg.text_dim, 1),
+            taps=ref_taps,
+        )
+        ref = ref.reshape(t.shape)
+    rep = PairReport(name, a.shape[-2:])
+    cfg = fusers["torch"].cfg
+    for tap in tap_names(cfg):
+        rep.rows.append(compare(taps["torch"][tap], taps["jittor"][tap], tap, ref_taps.get(tap)))
+    rep.output = compare(t, j, "output", ref)
+    ut, uj = to_uint8(t), to_uint8(j)
+    diff = np.abs(ut.astype(np.int16) - uj.astype(np.int16))
+    rep.uint8_diff_pixels = int((diff > 0).sum())
+    rep.uint8_max_diff = int(diff.max())
+    rep.pixels = int(diff.size)
+    return rep
+
+
+def collect_inputs(pairs_dir: str | None, text_dir: str | None, text_dim: int, limit: int | None):
+    """[(name, a, b, text)] from a folder of pairs (or the shipped samples), seeded text when none is given."""
+    root = pairs_dir or samples_root()
+    datasets = find_datasets(root)
+    if not datasets:
+        find_ab_folders(root)  # raises with the explanation
+    out = []
+    for ds in datasets:
+        da, db = find_ab_folders(ds)
+        for p in match_pairs(da, db):
+            a, b = load_pair(p)
+            label = os.path.relpath(p.a, root) if pairs_dir is None else p.name
+            if text_dir:
+                text = load_text_for(text_dir, p.name, text_dim)
+            else:
+                text = random_text(149, text_dim, seed=len(out))
+            out.append((label, a, b, text))
+            if limit and len(out) >= limit:
+                return out
+    if not out:
+        raise FilmError(f"{root}: no image pairs found")
+    return out
+
+
+def format_report(reports: list[PairReport], atol: float, rtol: float) -> str:
+    lines = []
+    for rep in reports:
+        h, w = rep.shape
+        status = "OK" if rep.ok(atol, rtol) else "FAIL"
+        lines.append(f"\n== {rep.name}  ({w}x{h})  {status}")
+        lines.append(
+            f"  {'tap (torch vs jittor)':34s} {'max_abs':>9s} {'mean_abs':>9s} {'max|x|':>7s} {'rel':>9s}"
+            f" {'torch-f64':>9s} {'jittor-f64':>10s}"
+        )
+        for r in rep.rows + [rep.output]:
+            good = r.rel <= rtol + r.allowance if r is not rep.output else r.max_abs <= atol + r.torch_f64
+            flag = "" if good else "  <-- above tolerance"
+            lines.append(
+                f"  {r.name:34s} {r.max_abs:9.2e} {r.mean_abs:9.2e} {r.scale:7.3f} {r.rel:9.2e}"
+                f" {r.torch_f64:9.2e} {r.jittor_f64:10.2e}{flag}"
+            )
+        pct = 100.0 * (rep.pixels - rep.uint8_diff_pixels) / max(rep.pixels, 1)
+        lines.append(
+            f"  uint8 (official saving step): {rep.uint8_diff_pixels} of {rep.pixels} pixels differ "
+            f"(max {rep.uint8_max_diff}), {pct:.3f}% identical"
+        )
+    worst = max(r.output.max_abs for r in reports)
+    worst_tap = max((row.rel for r in reports for row in r.rows), default=0.0)
+    n_ok = sum(r.ok(atol, rtol) for r in reports)
+    lines.append(
+        f"\n{n_ok}/{len(reports)} pairs within tolerance (output: max_abs <= {atol:g} + torch's own float32 error "
+        f"vs float64; taps: rel <= {rtol:g} + the same); "
+        f"worst output max_abs {worst:.2e}, worst tap rel {worst_tap:.2e}"
+    )
+    return "\n".join(lines)
