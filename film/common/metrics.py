@@ -173,7 +173,8 @@ def _viff_pair(ref_levels, dist_levels) -> float:
         sv_sq[sv_sq <= eps] = eps
         num += np.sum(np.log10(1 + gg * gg * sigma1_sq / (sv_sq + sigma_nsq)))
         den += np.sum(np.log10(1 + sigma1_sq / sigma_nsq))
-    v = num / den
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 on flat images: the official returns 1.0
+        v = num / den
     return 1.0 if np.isnan(v) else float(v)
 
 

@@ -133,6 +133,10 @@ def import_jittor(device: str = "auto"):
         import jittor
     except SystemExit:
         raise FilmError("Jittor rebuilt part of itself during import; run the command again") from None
+    except ImportError:
+        raise FilmError(
+            "the jittor backend needs jittor, which is not installed: pip install 'film-fusion[jittor]'"
+        ) from None
     _imported = jittor
     return jittor
 
