@@ -1,4 +1,4 @@
-"""``film`` command line: convert | parity | fuse | eval | prepare.
+"""``film`` command line: convert | parity | fuse | eval | prepare | train | bench.
 
 Every expected problem is a :class:`film.FilmError`: one line (or one block) on stderr, exit code 2,
 no traceback. Anything unexpected is reported in one line with exit code 1 (FILM_DEBUG=1 shows the
@@ -80,6 +80,12 @@ def cmd_eval(args) -> int:
     from film.evaluate import run_eval
 
     return run_eval(args)
+
+
+def cmd_train(args) -> int:
+    from film.train import run_train
+
+    return run_train(args)
 
 
 def cmd_prepare(args) -> int:
@@ -184,6 +190,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--name", help="output name in own-data mode (default: folder name of --a's parent)")
     r.add_argument("-o", "--output", required=True, help="output folder for <dataset>_<split>.h5")
     r.set_defaults(func=cmd_prepare)
+
+    t = sub.add_parser("train", help="train FILM with the official recipe in either backend")
+    t.add_argument("--backend", default="torch", help="torch (default) or jittor")
+    t.add_argument("--h5", required=True, help="training H5 made by film prepare")
+    t.add_argument("--epochs", type=int, default=None, help="default 150 (official)")
+    t.add_argument("--batch-size", type=int, default=None, help="default 2 (official)")
+    t.add_argument("--lr", type=float, default=None, help="default 1e-5 (official)")
+    t.add_argument("--step-size", type=int, default=None, help="StepLR step in epochs, default 50")
+    t.add_argument("--gamma", type=float, default=None, help="StepLR gamma, default 0.6")
+    t.add_argument(
+        "--grad-weight", type=float, default=None, help="Sobel-gradient loss coefficient, default 20"
+    )
+    t.add_argument(
+        "--ssim-weight", type=float, default=None, help="weight of the LpLssim loss, default 0 (skipped)"
+    )
+    t.add_argument("--out", default="exp", help="parent folder of run folders (default exp/)")
+    t.add_argument("--seed", type=int, default=0, help="data order and init seed")
+    t.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    t.add_argument("--init", help="start from this checkpoint (any format, either framework)")
+    t.add_argument("--resume", help="run folder to continue (model, optimizer, scheduler, epoch, step)")
+    t.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
+    t.set_defaults(func=cmd_train)
     return p
 
 

@@ -1,0 +1,177 @@
+"""Jittor side of training: the official recipe with torch's Adam arithmetic, checkpoints as jt.save writes them."""
+
+from __future__ import annotations
+
+import math
+
+import jittor as jt
+import numpy as np
+
+from film.backends.jittor.backend import build_model, resolve_device
+from film.common import loss as L
+from film.common.checkpoint import load_checkpoint, unwrap, validate
+from film.common.safeio import read_jittor_pkl, write_jittor_pkl
+from film.common.spec import OFFICIAL, OFFICIAL_RECIPE, param_schema
+from film.errors import FilmError
+
+
+class loss_ops:
+    """What film.common.loss needs, in Jittor."""
+
+    _kernels: dict = {}
+
+    @classmethod
+    def conv2d_same(cls, x, k: np.ndarray):
+        key = (k.tobytes(), k.shape)
+        w = cls._kernels.get(key)
+        if w is None:
+            w = cls._kernels[key] = jt.array(np.ascontiguousarray(k)[None, None]).stop_grad()
+        return jt.nn.conv2d(x, w, padding=k.shape[-1] // 2)
+
+    abs = staticmethod(jt.abs)
+    maximum = staticmethod(jt.maximum)
+    mean = staticmethod(jt.mean)
+    sqrt = staticmethod(jt.sqrt)
+
+    @staticmethod
+    def sum(x):
+        return x.sum()
+
+
+def compute_loss(a, b, f, cfg):
+    return L.total_loss(loss_ops, a, b, f, OFFICIAL_RECIPE.coeff_int, cfg.grad_weight, cfg.ssim_weight)
+
+
+class TorchAdam(jt.optim.Adam):
+    """torch.optim.Adam's update (eps added after the bias-corrected sqrt), which jt.optim.Adam differs from."""
+
+    def step(self, loss=None, retain_graph=False):
+        self.pre_step(loss, retain_graph)
+        n = float(self.n_step)
+        for pg in self.param_groups:
+            lr = pg.get("lr", self.lr)
+            eps = pg.get("eps", self.eps)
+            wd = pg.get("weight_decay", self.weight_decay)
+            b0, b1 = pg.get("betas", self.betas)
+            bc1, bc2 = 1 - b0**n, 1 - b1**n
+            for p, g, v, m in zip(pg["params"], pg["grads"], pg["values"], pg["m"]):
+                if p.is_stop_grad():
+                    continue
+                if wd:
+                    g = g + p * wd
+                m.update(b0 * m + (1 - b0) * g)
+                v.update(b1 * v + (1 - b1) * g * g)
+                p.update(p - (lr / bc1) * m / (jt.sqrt(v) / math.sqrt(bc2) + eps))
+        self.post_step()
+
+
+class Trainer:
+    ext = ".pkl"
+
+    def __init__(self, device: str = "auto", model_cfg=OFFICIAL):
+        resolve_device(device)
+        self.device = device
+        self.model_cfg = model_cfg
+        self.model = None
+
+    def _params(self):
+        own = self.model.state_dict()
+        return [own[k] for k in param_schema(self.model_cfg)]
+
+    def _build(self, cfg, init_sd=None):
+        jt.set_global_seed(cfg.seed)
+        self.model = build_model(self.model_cfg, init_sd, self.device)
+        self.model.train()
+        self.opt = TorchAdam(
+            self._params(),
+            lr=cfg.lr,
+            eps=OFFICIAL_RECIPE.adam_eps,
+            betas=OFFICIAL_RECIPE.adam_betas,
+            weight_decay=OFFICIAL_RECIPE.weight_decay,
+        )
+        self.step_size, self.gamma, self.base_lr = cfg.step_size, cfg.gamma, cfg.lr
+
+    def setup(self, cfg) -> None:
+        init = load_checkpoint(cfg.init, self.model_cfg).state_dict if cfg.init else None
+        self._build(cfg, init)
+
+    def set_lr(self, lr: float) -> None:
+        self.opt.lr = lr
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+
+    def step(self, a, b, t, cfg):
+        fused = self.model(jt.array(a), jt.array(b), jt.array(t))
+        loss, parts = compute_loss(jt.array(a), jt.array(b), fused, cfg)
+        self.opt.step(loss)
+        return float(loss.item()), {k: float(v.item()) for k, v in parts.items()}, fused.numpy()
+
+    def optimizer_state(self) -> dict:
+        """Adam state in torch's optimizer.state_dict() layout (indices in schema order)."""
+        pg = self.opt.param_groups[0]
+        n = float(self.opt.n_step)
+        state = {
+            i: {
+                "step": np.array(n, dtype=np.float32),
+                "exp_avg": m.numpy().copy(),
+                "exp_avg_sq": v.numpy().copy(),
+            }
+            for i, (m, v) in enumerate(zip(pg["m"], pg["values"]))
+        }
+        group = {
+            "lr": float(pg.get("lr", self.opt.lr)),
+            "betas": tuple(self.opt.betas),
+            "eps": self.opt.eps,
+            "weight_decay": self.opt.weight_decay,
+            "amsgrad": False,
+            "initial_lr": self.base_lr,
+            "params": list(range(len(pg["m"]))),
+        }
+        return {"state": state, "param_groups": [group]}
+
+    def save(self, path: str, epoch: int, step: int) -> None:
+        """{'model': state_dict, 'optimizer1', 'lr_schedule1', 'epoch', 'step'} as jt.save writes it (atomic)."""
+        sd = {k: v.numpy().copy() for k, v in zip(param_schema(self.model_cfg), self._params())}
+        next_lr = self.base_lr * self.gamma ** ((epoch + 1) // self.step_size)
+        sched = {
+            "step_size": self.step_size,
+            "gamma": self.gamma,
+            "base_lrs": [self.base_lr],
+            "last_epoch": epoch + 1,
+            "_last_lr": [next_lr],
+        }
+        write_jittor_pkl(
+            path,
+            {
+                "model": sd,
+                "optimizer1": self.optimizer_state(),
+                "lr_schedule1": sched,
+                "epoch": epoch,
+                "step": step,
+            },
+        )
+
+    def load_resume(self, path: str) -> dict:
+        ck = read_jittor_pkl(path)
+        if not isinstance(ck, dict) or any(
+            ck.get(k) is None for k in ("model", "optimizer1", "lr_schedule1", "epoch", "step")
+        ):
+            raise FilmError(f"{path}: not a resumable training checkpoint")
+        sd, _ = unwrap({"model": ck["model"]}, path)
+        validate(sd, self.model_cfg, path)
+        sched = ck["lr_schedule1"]
+
+        class P:
+            lr = sched["base_lrs"][0]
+            step_size = sched["step_size"]
+            gamma = sched["gamma"]
+            seed = 0
+
+        self._build(P, sd)
+        opt = ck["optimizer1"]
+        pg = self.opt.param_groups[0]
+        for i, (m, v) in enumerate(zip(pg["m"], pg["values"])):
+            m.update(jt.array(opt["state"][i]["exp_avg"]))
+            v.update(jt.array(opt["state"][i]["exp_avg_sq"]))
+        self.opt.n_step = int(float(opt["state"][0]["step"]))
+        return {"epoch": int(ck["epoch"]), "step": int(ck["step"])}

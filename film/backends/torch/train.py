@@ -1,0 +1,144 @@
+"""PyTorch side of training: the official recipe (Adam, StepLR, Fusionloss) and official checkpoints."""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from film.backends.torch.backend import build_model, resolve_device
+from film.common import loss as L
+from film.common.checkpoint import load_checkpoint
+from film.common.safeio import atomic_path
+from film.common.spec import DATAPARALLEL_PREFIX, OFFICIAL, OFFICIAL_RECIPE
+from film.errors import FilmError
+
+
+class loss_ops:
+    """What film.common.loss needs, in torch."""
+
+    _kernels: dict = {}
+
+    @classmethod
+    def conv2d_same(cls, x, k: np.ndarray):
+        key = (k.tobytes(), k.shape, x.device, x.dtype)
+        w = cls._kernels.get(key)
+        if w is None:
+            w = cls._kernels[key] = torch.from_numpy(np.ascontiguousarray(k)).to(x.device, x.dtype)[
+                None, None
+            ]
+        return F.conv2d(x, w, padding=k.shape[-1] // 2)
+
+    abs = staticmethod(torch.abs)
+    maximum = staticmethod(torch.maximum)
+    mean = staticmethod(torch.mean)
+    sqrt = staticmethod(torch.sqrt)
+    sum = staticmethod(torch.sum)
+
+
+def compute_loss(a, b, f, cfg):
+    return L.total_loss(loss_ops, a, b, f, OFFICIAL_RECIPE.coeff_int, cfg.grad_weight, cfg.ssim_weight)
+
+
+class Trainer:
+    ext = ".pth"
+
+    def __init__(self, device: str = "auto", model_cfg=OFFICIAL):
+        self.device = resolve_device(device)
+        self.model_cfg = model_cfg
+        self.model = None
+
+    def _build(self, cfg, init_sd=None):
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(self.model_cfg, init_sd, str(self.device)).train()
+        self.opt = torch.optim.Adam(
+            self.model.parameters(),
+            lr=cfg.lr,
+            weight_decay=OFFICIAL_RECIPE.weight_decay,
+            betas=OFFICIAL_RECIPE.adam_betas,
+            eps=OFFICIAL_RECIPE.adam_eps,
+        )
+        self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=cfg.step_size, gamma=cfg.gamma)
+
+    def setup(self, cfg) -> None:
+        init = load_checkpoint(cfg.init, self.model_cfg).state_dict if cfg.init else None
+        self._build(cfg, init)
+
+    def set_lr(self, lr: float) -> None:
+        for g in self.opt.param_groups:  # the shared schedule; StepLR is stepped too, for its saved state
+            g["lr"] = lr
+
+    def step(self, a, b, t, cfg):
+        dev = self.device
+        a_, b_, t_ = (torch.from_numpy(x).to(dev) for x in (a, b, t))
+        fused = self.model(a_, b_, t_)
+        loss, parts = compute_loss(a_, b_, fused, cfg)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return (
+            float(loss.item()),
+            {k: float(v.item()) for k, v in parts.items()},
+            fused.detach().cpu().numpy(),
+        )
+
+    def save(self, path: str, epoch: int, step: int) -> None:
+        """The official training dict, DataParallel keys; written to a temp file, then renamed."""
+        self.sched.last_epoch = epoch
+        self.sched._last_lr = [g["lr"] for g in self.opt.param_groups]
+        self.sched.step()
+        sd = self.model.state_dict()
+        ckpt = {
+            "model": OrderedDict((DATAPARALLEL_PREFIX + k, v) for k, v in sd.items()),
+            "optimizer1": self.opt.state_dict(),
+            "lr_schedule1": self.sched.state_dict(),
+            "epoch": epoch,
+            "step": step,
+        }
+        with atomic_path(path) as tmp:
+            torch.save(ckpt, tmp)
+
+    def load_resume(self, path: str) -> dict:
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # unreadable or unsafe
+            raise FilmError(
+                f"{path}: cannot resume from this checkpoint ({str(e).splitlines()[0][:200]})"
+            ) from None
+        missing = [k for k in ("model", "optimizer1", "lr_schedule1", "epoch", "step") if ck.get(k) is None]
+        if missing:
+            raise FilmError(f"{path}: not a resumable training checkpoint (missing {', '.join(missing)})")
+        from film.common.checkpoint import unwrap, validate
+
+        sd, _ = unwrap({"model": {k: v.numpy() for k, v in ck["model"].items()}}, path)
+        validate(sd, self.model_cfg, path)
+        params = _ParamsFromState(ck)
+        self._build(params, sd)
+        self.opt.load_state_dict(ck["optimizer1"])
+        self.sched.load_state_dict(ck["lr_schedule1"])
+        return {"epoch": int(ck["epoch"]), "step": int(ck["step"])}
+
+
+class _ParamsFromState:
+    def __init__(self, ck):
+        g = ck["optimizer1"]["param_groups"][0]
+        self.lr = g.get("initial_lr", g["lr"])
+        self.step_size = ck["lr_schedule1"].get("step_size", 50)
+        self.gamma = ck["lr_schedule1"].get("gamma", 0.6)
+        self.seed = 0
+
+
+def state_dict_numpy(model) -> OrderedDict:
+    return OrderedDict((k, v.detach().cpu().numpy().copy()) for k, v in model.state_dict().items())
+
+
+def grads_numpy(model) -> dict:
+    return {
+        k: p.grad.detach().cpu().numpy().copy() for k, p in model.named_parameters() if p.grad is not None
+    }
+
+
+__all__ = ["Trainer", "compute_loss", "loss_ops", "os"]

@@ -1,0 +1,234 @@
+"""The training loop, framework-free: run folder, data order, LR schedule, logging, checkpoints cadence.
+
+A backend supplies a small ``Trainer`` (film/backends/<name>/train.py) with the framework work:
+build, optimizer, one step, save/load. Both backends therefore see the same batches in the same order
+(a numpy permutation per epoch from the seed) and the same learning rate at every step.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from film.common.data import H5Pairs
+from film.common.images import write_png
+from film.common.spec import OFFICIAL_RECIPE
+from film.errors import FilmError
+
+
+@dataclass
+class TrainConfig:
+    h5: str
+    backend: str = "torch"
+    out: str = "exp"
+    epochs: int = OFFICIAL_RECIPE.epochs
+    batch_size: int = OFFICIAL_RECIPE.batch_size
+    lr: float = OFFICIAL_RECIPE.lr
+    step_size: int = OFFICIAL_RECIPE.step_size
+    gamma: float = OFFICIAL_RECIPE.gamma
+    grad_weight: float = OFFICIAL_RECIPE.coeff_grad
+    ssim_weight: float = OFFICIAL_RECIPE.ssim_weight
+    seed: int = 0
+    device: str = "auto"
+    init: str | None = None
+    resume: str | None = None
+    max_steps: int | None = None  # stop early (smoke tests, benchmarks)
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """StepLR: lr * gamma ** (epoch // step_size) for 0-based epoch."""
+    return cfg.lr * cfg.gamma ** (epoch // cfg.step_size)
+
+
+def epoch_batches(
+    n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True, drop_last: bool = True
+) -> list[np.ndarray]:
+    """The sample indices of every batch of one epoch: a permutation from (seed, epoch), so a resumed
+    run and the other backend see exactly the same order."""
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    stop = (n // batch_size) * batch_size if drop_last else n
+    return [order[i : i + batch_size] for i in range(0, stop, batch_size)]
+
+
+def load_batch(data: H5Pairs, idx: np.ndarray):
+    items = [data[int(i)] for i in idx]
+    shapes = {it[0].shape for it in items}
+    if len(shapes) > 1:
+        raise FilmError(
+            f"{data.path}: a batch mixes image sizes {sorted(shapes)}: use --batch-size 1 or an H5 made with --small"
+        )
+    tshapes = {it[2].shape for it in items}
+    if len(tshapes) > 1:
+        raise FilmError(f"{data.path}: a batch mixes text feature shapes {sorted(tshapes)}")
+    a = np.stack([it[0] for it in items]).astype(np.float32)
+    b = np.stack([it[1] for it in items]).astype(np.float32)
+    t = np.stack([it[2].reshape(it[2].shape[-2:]) for it in items]).astype(np.float32)
+    return a, b, t, [it[3] for it in items]
+
+
+def run_name(cfg: TrainConfig) -> str:
+    ts = time.strftime("%y_%m_%d_%H_%M", time.localtime())
+    g = int(cfg.grad_weight) if float(cfg.grad_weight).is_integer() else cfg.grad_weight
+    return f"{ts}_epochs_{cfg.epochs}_lr_{cfg.lr}_stepsize_{cfg.step_size}_bs_{cfg.batch_size}_gradweight_{g}_gamma_{cfg.gamma}"
+
+
+def latest_checkpoint(run_dir: str, ext: str) -> tuple[str, int] | None:
+    best = None
+    for p in glob.glob(os.path.join(run_dir, "model", f"ckpt_*{ext}")):
+        m = re.fullmatch(r"ckpt_(\d+)" + re.escape(ext), os.path.basename(p))
+        if m and (best is None or int(m.group(1)) > best[1]):
+            best = (p, int(m.group(1)))
+    return best
+
+
+class RunLog:
+    def __init__(self, run_dir: str):
+        self.path = os.path.join(run_dir, "log.txt")
+        self.writer = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # optional, needs the tensorboard package
+
+            self.writer = SummaryWriter(run_dir)
+        except Exception:  # tensorboard not installed: scalars go to log.txt only
+            self.writer = None
+
+    def line(self, msg: str, echo: bool = False) -> None:
+        with open(self.path, "a") as f:
+            f.write(msg + "\n")
+        if echo:
+            from tqdm import tqdm
+
+            tqdm.write(msg, file=sys.stderr)
+
+    def scalars(self, step: int, values: dict) -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def save_pictures(
+    run_dir: str, epoch: int, a: np.ndarray, b: np.ndarray, f: np.ndarray, names: list[str]
+) -> None:
+    """pic_fusion/ckpt_<epoch>/<name>.png: A | B | F side by side (the official train.py saves these)."""
+    folder = os.path.join(run_dir, "pic_fusion", f"ckpt_{epoch}")
+    os.makedirs(folder, exist_ok=True)
+    for i, name in enumerate(names):
+        row = np.hstack([a[i, 0], b[i, 0], f[i, 0]])
+        write_png(os.path.join(folder, f"{name}.png"), np.clip(np.round(row * 255), 0, 255).astype(np.uint8))
+
+
+def copy_code(run_dir: str, backend: str) -> None:
+    """code/: the sources that produced this run (the official train.py copies itself and the net)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    dst = os.path.join(run_dir, "code")
+    os.makedirs(dst, exist_ok=True)
+    for rel in (
+        "common/forward.py",
+        "common/loss.py",
+        "common/spec.py",
+        "common/training.py",
+        f"backends/{backend}/model.py",
+        f"backends/{backend}/ops.py",
+        f"backends/{backend}/train.py",
+    ):
+        shutil.copyfile(os.path.join(root, rel), os.path.join(dst, rel.replace("/", "__")))
+
+
+def train(cfg: TrainConfig, trainer) -> str:
+    """Run (or resume) training; returns the run folder. ``trainer``: a backend Trainer."""
+    from tqdm import tqdm
+
+    data = H5Pairs(cfg.h5)
+    if len(data) < cfg.batch_size:
+        raise FilmError(
+            f"{cfg.h5}: {len(data)} samples, fewer than one batch of {cfg.batch_size} (drop_last)"
+        )
+    start_epoch, step = 0, 0
+    if cfg.resume:
+        run_dir = cfg.resume
+        found = latest_checkpoint(run_dir, trainer.ext)
+        if found is None:
+            raise FilmError(f"{run_dir}: no model/ckpt_<epoch>{trainer.ext} to resume from")
+        state = trainer.load_resume(found[0])
+        start_epoch, step = state["epoch"] + 1, state["step"]
+        with open(os.path.join(run_dir, "param.json")) as f:
+            saved = json.load(f)
+        for k in ("epochs", "batch_size", "lr", "step_size", "gamma", "grad_weight", "ssim_weight", "seed"):
+            setattr(cfg, k, saved.get(k, getattr(cfg, k)))
+    else:
+        run_dir = os.path.join(cfg.out, run_name(cfg))
+        os.makedirs(os.path.join(run_dir, "model"), exist_ok=True)
+        params = {
+            **asdict(cfg),
+            "epoch": cfg.epochs,
+            "optim_step": cfg.step_size,
+            "optim_gamma": cfg.gamma,
+            "gradweight": cfg.grad_weight,
+        }
+        with open(os.path.join(run_dir, "param.json"), "w") as f:
+            json.dump(params, f, indent=2)
+        copy_code(run_dir, cfg.backend)
+        trainer.setup(cfg)
+    log = RunLog(run_dir)
+    per_epoch = len(data) // cfg.batch_size
+    total = cfg.epochs * per_epoch
+    bar = tqdm(
+        total=total,
+        initial=start_epoch * per_epoch,
+        desc=f"train [{cfg.backend}]",
+        unit="step",
+        file=sys.stderr,
+        disable=None,
+        dynamic_ncols=True,
+    )
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            lr = lr_at(cfg, epoch)
+            trainer.set_lr(lr)
+            t0 = time.time()
+            for i, idx in enumerate(epoch_batches(len(data), cfg.batch_size, cfg.seed, epoch)):
+                a, b, t, names = load_batch(data, idx)
+                loss, parts, fused = trainer.step(a, b, t, cfg)
+                if not math.isfinite(loss):
+                    last = latest_checkpoint(run_dir, trainer.ext)
+                    keep = f"; the last good checkpoint is {last[0]}" if last else ""
+                    raise FilmError(
+                        f"loss became {loss} at epoch {epoch + 1}, step {step}: training stopped{keep}"
+                    )
+                msg = (
+                    f"[Epoch {epoch + 1}/{cfg.epochs}] [Batch {i}/{per_epoch}] [loss: {loss:f}] "
+                    f"[loss_in: {parts['loss_in']:f}] [loss_grad: {parts['loss_grad']:f}] [lr: {lr:g}]"
+                )
+                log.line(msg)
+                log.scalars(
+                    step, {"loss/total": loss, **{f"loss/{k}": v for k, v in parts.items()}, "lr": lr}
+                )
+                if i <= 1:
+                    save_pictures(run_dir, epoch + 1, a, b, fused, names)
+                step += 1
+                bar.set_postfix(loss=f"{loss:.4f}", epoch=epoch + 1)
+                bar.update(1)
+                if cfg.max_steps is not None and step >= cfg.max_steps:
+                    break
+            trainer.save(os.path.join(run_dir, "model", f"ckpt_{epoch + 1}{trainer.ext}"), epoch, step)
+            log.line(f"This Epoch takes time: {time.time() - t0:.1f}s", echo=False)
+            if cfg.max_steps is not None and step >= cfg.max_steps:
+                break
+    finally:
+        bar.close()
+        log.close()
+        data.close()
+    return run_dir
