@@ -12,9 +12,10 @@ from film.common.checkpoint import Checkpoint, load_checkpoint
 from film.common.spec import OFFICIAL, FilmConfig
 from film.errors import FilmError
 
-# Peak CPU memory of one forward pass per input pixel, measured with film bench --memory on the
-# official config (float32, batch 1): torch ~5.3 KB/pixel, jittor ~7.4 KB/pixel. See docs/memory.md.
-BYTES_PER_PIXEL = {"torch": 5_500, "jittor": 7_500}
+# Peak CPU memory of one forward pass per input pixel, measured with `film bench --memory` on the
+# official config (float32, batch 1; benchmarks/results/*_cpu_memory.json): torch 7.1 KB/pixel,
+# jittor 7.7 KB/pixel, plus ~0.3 GB. The estimate keeps a few percent of margin. See docs/memory.md.
+BYTES_PER_PIXEL = {"torch": 7_500, "jittor": 8_200}
 FIXED_BYTES = 400 * 2**20  # the 288x384 token grid and the weights, independent of the input size
 
 

@@ -45,7 +45,22 @@ def cmd_parity(args) -> int:
 
     args.atol = ATOL_OUTPUT if args.atol is None else args.atol
     args.rtol = RTOL_TAP if args.rtol is None else args.rtol
+    if args.train and not args.h5:
+        raise FilmError("film parity --train needs --h5 TRAIN.h5 (the batches to train on)")
+    if args.steps < 1:
+        raise FilmError("--steps must be at least 1")
     sd = None if args.checkpoint == "random" else load_checkpoint(args.checkpoint).state_dict
+    if args.train:
+        from film.parity_train import format_train_report, run_train_parity
+
+        from film.common.spec import OFFICIAL, TINY
+
+        cfg = TINY if args.config == "tiny" else OFFICIAL
+        report = run_train_parity(sd, args.h5, steps=args.steps, lr=args.lr, seed=args.seed, device=args.device,
+                                  model_cfg=cfg, reference=not args.no_reference)
+        text, ok = format_train_report(report)
+        print(text)
+        return 0 if ok else 1
     fusers = {}
     for name in ("torch", "jittor"):
         fusers[name] = load_fuser(sd, backend=name, device=args.device)
@@ -58,9 +73,13 @@ def cmd_parity(args) -> int:
         ref_model = copy.deepcopy(fusers["torch"].model).double()
     reports = []
     for label, a, b, text in _progress(inputs, len(inputs), "parity"):
-        reports.append(run_pair(fusers, label, a, b, text, ref_model))
+        reports.append(run_pair(fusers, label, a, b, text, ref_model, metrics=args.metrics))
     print(f"torch: {fusers['torch']._impl.describe()} | jittor: {fusers['jittor']._impl.describe()}")
     print(format_report(reports, args.atol, args.rtol))
+    if args.metrics:
+        from film.parity import format_metrics
+
+        print(format_metrics(reports))
     return 0 if all(r.ok(args.atol, args.rtol) for r in reports) else 1
 
 
@@ -86,6 +105,12 @@ def cmd_train(args) -> int:
     from film.train import run_train
 
     return run_train(args)
+
+
+def cmd_bench(args) -> int:
+    from film.bench import run_bench
+
+    return run_bench(args)
 
 
 def cmd_prepare(args) -> int:
@@ -131,6 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the float64 reference run (then the plain tolerances apply, without torch's own rounding allowance)",
     )
+    q.add_argument(
+        "--metrics", action="store_true", help="also compare the twelve film eval metrics of both backends' uint8 images"
+    )
+    q.add_argument("--train", action="store_true", help="compare a training step instead: loss, gradients, Adam steps")
+    q.add_argument("--h5", help="with --train: the training H5 whose first batches are used")
+    q.add_argument("--steps", type=int, default=3, help="with --train: Adam steps to compare (default 3)")
+    q.add_argument("--lr", type=float, default=None, help="with --train: learning rate (default the official 1e-5)")
+    q.add_argument("--seed", type=int, default=0, help="with --train: batch order seed")
+    # the tiny test configuration (same structure, small shapes): smoke tests of --train in seconds
+    q.add_argument("--config", choices=("official", "tiny"), default="official", help=argparse.SUPPRESS)
     q.set_defaults(func=cmd_parity)
 
     f = sub.add_parser("fuse", help="fuse image pairs and save PNGs as the official test.py does")
@@ -212,6 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", help="run folder to continue (model, optimizer, scheduler, epoch, step)")
     t.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
     t.set_defaults(func=cmd_train)
+
+    k = sub.add_parser("bench", help="timings, peak memory and agreement vs an official-style eager forward")
+    k.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    k.add_argument("--sizes", nargs="+", help="HxW sizes (default: 288x384 480x640, plus 768x1024 on GPU)")
+    k.add_argument("--backends", help="comma list of torch,jittor (default both)")
+    k.add_argument("--repeats", type=int, default=3, help="timed runs per case (median reported)")
+    k.add_argument("--warmup", type=int, default=1, help="untimed runs first (Jittor compiles on its first run)")
+    k.add_argument("--train", action="store_true", help="also time a training step at batch size 2")
+    k.add_argument("--metrics", action="store_true", help="also time film eval's metrics vs a straightforward port")
+    k.add_argument("--memory", action="store_true",
+                   help="peak memory per megapixel: one run per size (default 256x256 512x512 768x768) and a line fit")
+    k.add_argument("-o", "--output", help="results JSON (default benchmarks/results/<date>_<device>.json)")
+    k.set_defaults(func=cmd_bench)
     return p
 
 

@@ -67,10 +67,12 @@ def eval_folder(
 
 def format_table(results: dict[str, dict], metrics: list[str], dataset: str) -> str:
     w = max([len(dataset) + 2] + [len(k) + 2 for k in results])
-    head = f"{'':{w}s}" + "".join(f"{m:>8s}" for m in metrics)
+    # each column wide enough for its largest value (MSE reaches 5 digits) plus two spaces
+    cw = {m: max(8, len(m) + 2, *(len(f"{res['mean'][m]:.2f}") + 2 for res in results.values())) for m in metrics}
+    head = f"{'':{w}s}" + "".join(f"{m:>{cw[m]}s}" for m in metrics)
     lines = [f"{dataset}", head]
     for label, res in results.items():
-        lines.append(f"{label:{w}s}" + "".join(f"{res['mean'][m]:8.2f}" for m in metrics))
+        lines.append(f"{label:{w}s}" + "".join(f"{res['mean'][m]:{cw[m]}.2f}" for m in metrics))
     return "\n".join(lines)
 
 

@@ -135,6 +135,10 @@ def run_fuse(args) -> tuple[int, str]:
     items = collect(args, fuser.cfg.text_dim)
     if not items:
         raise FilmError("no image pairs to fuse")
+    from film.api import check_memory
+
+    largest = max(items, key=lambda it: it.a.size)  # refuse before any output folder is made
+    check_memory(args.backend, 1, *largest.a.shape[-2:], str(fuser.device))
     _prepare_dirs(args, items)
     # Batch same-size pairs with the same text length; keep the input order for output.
     groups: dict[tuple, list[Item]] = {}

@@ -51,6 +51,7 @@ class PairReport:
     uint8_diff_pixels: int = 0
     uint8_max_diff: int = 0
     pixels: int = 0
+    metrics: dict | None = None  # {"torch": {metric: value}, "jittor": {...}} with --metrics
 
     def ok(self, atol: float = ATOL_OUTPUT, rtol: float = RTOL_TAP) -> bool:
         return (
@@ -70,7 +71,7 @@ def compare(x: np.ndarray, y: np.ndarray, name: str, ref: np.ndarray | None = No
 
 
 def run_pair(
-    fusers: dict, name: str, a: np.ndarray, b: np.ndarray, text: np.ndarray, ref_model=None
+    fusers: dict, name: str, a: np.ndarray, b: np.ndarray, text: np.ndarray, ref_model=None, metrics: bool = False
 ) -> PairReport:
     """``fusers``: {"torch": Fuser, "jittor": Fuser} built from the same weights; ``ref_model``: the
     torch model in float64 (the rounding-free reference), or None."""
@@ -101,6 +102,12 @@ def run_pair(
     rep.uint8_diff_pixels = int((diff > 0).sum())
     rep.uint8_max_diff = int(diff.max())
     rep.pixels = int(diff.size)
+    if metrics:  # as film eval sees them: the saved uint8 images, the sources as official GRAY (0..255)
+        from film.common.metrics import evaluate
+
+        a255, b255 = (np.round(np.asarray(x, np.float64) * 255).astype(np.float32).reshape(ut.shape) for x in (a, b))
+        images = [("torch", ut), ("jittor", uj)] + ([("float64", to_uint8(ref))] if ref is not None else [])
+        rep.metrics = {k: evaluate(u.astype(np.float32), a255, b255) for k, u in images}
     return rep
 
 
@@ -158,4 +165,39 @@ def format_report(reports: list[PairReport], atol: float, rtol: float) -> str:
         f"vs float64; taps: rel <= {rtol:g} + the same); "
         f"worst output max_abs {worst:.2e}, worst tap rel {worst_tap:.2e}"
     )
+    return "\n".join(lines)
+
+
+METRIC_RTOL = 1e-4
+
+
+def format_metrics(reports: list[PairReport]) -> str:
+    """The twelve metrics, mean over pairs, per backend, with the worst per-pair relative difference.
+    With the float64 reference run, a metric is flagged only when torch-Jittor exceeds 1e-4 plus torch's
+    own distance to the float64 network's metric (one uint8 level flipped by float32 rounding moves MI or
+    SSIM by more than 1e-4 on some images)."""
+    from film.common.metrics import METRICS
+
+    reps = [r for r in reports if r.metrics]
+    has_ref = all("float64" in r.metrics for r in reps)
+
+    def rel(r, m, x, y):
+        return abs(r.metrics[x][m] - r.metrics[y][m]) / max(abs(r.metrics[x][m]), 1e-12)
+
+    lines = [f"\nmetrics of the uint8 images (mean over {len(reps)} pairs; rel = worst per-pair |t-j| / |t|)",
+             f"  {'metric':7s} {'torch':>12s} {'jittor':>12s} {'rel':>9s}" + (f" {'torch-f64':>9s}" if has_ref else "")]
+    worst_all, n_bad = 0.0, 0
+    for m in METRICS:
+        t = np.mean([r.metrics["torch"][m] for r in reps])
+        j = np.mean([r.metrics["jittor"][m] for r in reps])
+        d = max(rel(r, m, "torch", "jittor") for r in reps)
+        own = max(rel(r, m, "torch", "float64") for r in reps) if has_ref else 0.0
+        bad = any(rel(r, m, "torch", "jittor") > METRIC_RTOL + (rel(r, m, "torch", "float64") if has_ref else 0.0)
+                  for r in reps)
+        n_bad += bad
+        worst_all = max(worst_all, d)
+        lines.append(f"  {m:7s} {t:12.6f} {j:12.6f} {d:9.2e}" + (f" {own:9.2e}" if has_ref else "")
+                     + ("  <-- above tolerance" if bad else ""))
+    rule = f"<= {METRIC_RTOL:g} relative" + (" + torch's own float32 effect (torch-f64)" if has_ref else "")
+    lines.append(f"  worst metric difference {worst_all:.2e}; {len(METRICS) - n_bad}/{len(METRICS)} metrics {rule}")
     return "\n".join(lines)

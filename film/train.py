@@ -8,8 +8,15 @@ from film.errors import FilmError
 
 
 def make_trainer(backend: str, device: str, model_cfg=None):
+    import os
+
     from film.common.spec import OFFICIAL
 
+    if backend == "jittor" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise FilmError(
+            "torchrun starts the torch backend only; Jittor's multi-process training runs under mpirun "
+            "(see docs/training.md)"
+        )
     get_backend(backend, device)
     if backend == "torch":
         from film.backends.torch.train import Trainer
@@ -41,6 +48,14 @@ def run_train(args) -> int:
         v = getattr(args, k)
         if v is not None:
             setattr(cfg, k, v)
-    run_dir = train(cfg, make_trainer(args.backend, args.device))
-    print(f"run folder: {run_dir}")
+    trainer = make_trainer(args.backend, args.device)
+    try:
+        run_dir = train(cfg, trainer)
+    finally:
+        if getattr(trainer, "world", 1) > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if getattr(trainer, "rank", 0) == 0:
+        print(f"run folder: {run_dir}")
     return 0

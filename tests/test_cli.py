@@ -283,24 +283,13 @@ def test_fuse_backend_not_installed(capsys, tmp_path, pairs, weights, monkeypatc
     )
 
 
+def _fuse_argv(weights, a, b, text, out, *extra) -> list[str]:
+    return ["fuse", "--checkpoint", str(weights), "--device", "cpu", "--a", str(a), "--b", str(b),
+            "--text", str(text), "-o", str(out), *extra]
+
+
 def _fuse(capsys, tmp_path, weights, a, b, text, *extra):
-    return fails(
-        capsys,
-        "fuse",
-        "--checkpoint",
-        str(weights),
-        "--device",
-        "cpu",
-        "--a",
-        str(a),
-        "--b",
-        str(b),
-        "--text",
-        str(text),
-        "-o",
-        str(tmp_path / "o"),
-        *extra,
-    )
+    return fails(capsys, *_fuse_argv(weights, a, b, text, tmp_path / "o", *extra))
 
 
 def test_fuse_empty_folders(capsys, tmp_path, weights):
@@ -385,42 +374,12 @@ def test_fuse_odd_image_kinds(capsys, tmp_path, pairs, weights):
         root / "ir" / "p2.png"
     )  # palette
     out = tmp_path / "o"
-    code, msg = run(
-        capsys,
-        "fuse",
-        "--checkpoint",
-        str(weights),
-        "--device",
-        "cpu",
-        "--a",
-        str(root / "ir"),
-        "--b",
-        str(root / "vi"),
-        "--text",
-        str(text),
-        "-o",
-        str(out),
-    )
+    code, msg = run(capsys, *_fuse_argv(weights, root / "ir", root / "vi", text, out))
     assert code == 0, msg
     for d in ("ir", "vi"):  # 1xN
         cv2.imwrite(str(root / d / "p1.png"), np.full((1, 9), 100, np.uint8))
         cv2.imwrite(str(root / d / "p2.png"), np.full((7, 1), 50, np.uint8))
-    code, msg = run(
-        capsys,
-        "fuse",
-        "--checkpoint",
-        str(weights),
-        "--device",
-        "cpu",
-        "--a",
-        str(root / "ir"),
-        "--b",
-        str(root / "vi"),
-        "--text",
-        str(text),
-        "-o",
-        str(out),
-    )
+    code, msg = run(capsys, *_fuse_argv(weights, root / "ir", root / "vi", text, out))
     assert code == 0, msg
 
 
@@ -675,3 +634,207 @@ def test_no_traceback_from_subprocess(tmp_path):
         text=True,
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr and "no such file" in r.stderr
+
+
+# --------------------------------------------------------------------------- large inputs
+
+
+def test_fuse_2048_refused_before_allocation(capsys, tmp_path, weights, monkeypatch):
+    """A 2048x2048 pair on a machine with too little memory: a clear message before anything is allocated
+    (the estimate is the measured bytes per pixel of docs/memory.md), nothing written."""
+    root = tmp_path / "big"
+    rng = np.random.default_rng(0)
+    for sub in ("ir", "vi"):
+        os.makedirs(root / sub)
+        cv2.imwrite(str(root / sub / "x.png"), rng.integers(0, 256, (2048, 2048), dtype=np.uint8))
+    (tmp_path / "t").mkdir()
+    np.save(tmp_path / "t" / "x.npy", np.zeros((1, 149, 768), np.float32))
+    monkeypatch.setattr("film.api.available_memory", lambda: 6 * 2**30)
+    msg = _fuse(capsys, tmp_path, weights, root / "ir", root / "vi", tmp_path / "t")
+    assert "2048x2048" in msg and "GiB" in msg and "available" in msg
+    assert not (tmp_path / "o").exists()  # refused before any output folder was made
+
+
+def test_memory_estimate_matches_measurement():
+    """The estimate used by the check equals the measured line fit committed in benchmarks/results."""
+    import glob
+    import json
+
+    from film.api import BYTES_PER_PIXEL
+
+    files = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results", "*_cpu_memory.json")))
+    assert files, "no committed memory measurement (film bench --memory)"
+    fit = json.load(open(files[-1]))["memory_fit"]
+    for backend in ("torch", "jittor"):
+        measured = fit[backend]["bytes_per_pixel"]
+        assert measured <= BYTES_PER_PIXEL[backend] <= 1.25 * measured, (backend, measured)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _train_h5(path, names=("s0", "s1", "s2"), shape=(1, 12, 14), text=(1, 5, 768), drop=None, text_value=None):
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        for g in ("imageA", "imageB", "text"):
+            if g == drop:
+                continue
+            grp = f.create_group(g)
+            for n in names:
+                if g == "text":
+                    t = rng.standard_normal(text).astype(np.float32)
+                    if text_value is not None:
+                        t[0, 0, 0] = text_value
+                    grp.create_dataset(n, data=t)
+                else:
+                    grp.create_dataset(n, data=rng.random(shape, dtype=np.float32))
+    return path
+
+
+def _train(capsys, tmp_path, *extra, match=None):
+    text = fails(capsys, "train", "--device", "cpu", "--out", str(tmp_path / "exp"), *extra, match=match)
+    assert files_under(tmp_path / "exp") == [], "a failed start must not leave a run folder"
+    return text
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda p: str(p / "missing.h5"), "no such H5 file"),
+        (lambda p: str(_train_h5(p / "d.h5", drop="text")), "missing group(s) text"),
+        (lambda p: (p / "d.h5").write_bytes(b"not an h5 file") and str(p / "d.h5"), "not a readable H5"),
+        (lambda p: str(_train_h5(p / "d.h5", text=(1, 5, 512))), "text features of shape (1, 5, 512)"),
+        (lambda p: str(_train_h5(p / "d.h5", shape=(3, 12, 14))), "expected equal (1, H, W)"),
+        (lambda p: str(_train_h5(p / "d.h5", names=("only",))), "fewer than one batch"),
+    ],
+    ids=["missing", "no-text-group", "not-h5", "text-width", "rgb-images", "too-few"],
+)
+def test_train_bad_train_h5(capsys, tmp_path, tb, make, match):
+    _train(capsys, tmp_path, "--backend", "torch", "--h5", make(tmp_path), match=match)
+
+
+def test_train_mismatched_sample_names(capsys, tmp_path, tb):
+    p = _train_h5(tmp_path / "d.h5")
+    with h5py.File(p, "a") as f:
+        f["text"].move("s2", "other")
+    _train(capsys, tmp_path, "--backend", "torch", "--h5", str(p), match="sample names differ")
+
+
+def test_train_bad_init_leaves_no_run(capsys, tmp_path, tb):
+    bad = tmp_path / "init.pth"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    _train(capsys, tmp_path, "--backend", "torch", "--h5", str(_train_h5(tmp_path / "d.h5")), "--init", str(bad),
+           match=str(bad))
+
+
+def test_train_unknown_backend_and_bad_numbers(capsys, tmp_path):
+    h5 = str(_train_h5(tmp_path / "d.h5"))
+    _train(capsys, tmp_path, "--backend", "paddle", "--h5", h5, match="unknown backend 'paddle'")
+    _train(capsys, tmp_path, "--backend", "torch", "--h5", h5, "--epochs", "0", match="--epochs must be at least 1")
+    _train(capsys, tmp_path, "--backend", "torch", "--h5", h5, "--lr", "-1", match="--lr must be positive")
+
+
+def test_train_resume_without_checkpoint(capsys, tmp_path, tb):
+    (tmp_path / "run").mkdir()
+    fails(capsys, "train", "--backend", "torch", "--h5", str(_train_h5(tmp_path / "d.h5")), "--resume",
+          str(tmp_path / "run"), "--device", "cpu", match="no model/ckpt_<epoch>.pth to resume from")
+
+
+def test_train_nan_text_in_train_h5(tmp_path, tb):
+    """Non-finite features are named before they reach the network (a NaN loss would be the symptom)."""
+    from film.common.data import H5Pairs
+    from film.errors import FilmError
+
+    data = H5Pairs(str(_train_h5(tmp_path / "d.h5", text_value=np.nan)))
+    with pytest.raises(FilmError, match="sample s0: text contains NaN"):
+        data[0]
+
+
+@pytest.mark.parametrize("when", ["disk-full", "interrupted"])
+def test_train_save_failure_keeps_last_checkpoint(tmp_path, tb, monkeypatch, when):
+    """A full disk or a kill (KeyboardInterrupt) while writing epoch 2's checkpoint: ckpt_1 stays intact
+    and loadable, no temp file is left, the full disk gives one clear message."""
+    from film.common.checkpoint import load_checkpoint
+    from film.common.training import TrainConfig, train
+    from film.errors import FilmError
+    from film.train import make_trainer
+
+    h5 = _train_h5(tmp_path / "d.h5", text=(1, 5, TINY.text_dim))
+    trainer = make_trainer("torch", "cpu", TINY)
+    real_save = trainer.save
+    calls = []
+
+    def save(path, epoch, step):
+        calls.append(path)
+        if len(calls) == 2:
+            import torch
+
+            def boom(obj, f, *a, **k):
+                if when == "disk-full":
+                    raise OSError(28, "No space left on device")
+                with open(f, "wb") as fh:
+                    fh.write(b"PK partial")
+                raise KeyboardInterrupt
+
+            monkeypatch.setattr(torch, "save", boom)
+        real_save(path, epoch, step)
+
+    trainer.save = save
+    cfg = TrainConfig(h5=str(h5), out=str(tmp_path / "exp"), epochs=3, batch_size=2, device="cpu")
+    with pytest.raises(FilmError if when == "disk-full" else KeyboardInterrupt) as ei:
+        train(cfg, trainer)
+    if when == "disk-full":
+        assert "No space left" in str(ei.value) and "ckpt_2.pth" in str(ei.value)
+    run = os.path.dirname(os.path.dirname(calls[0]))
+    assert sorted(os.listdir(os.path.join(run, "model"))) == ["ckpt_1.pth"]
+    assert len(load_checkpoint(calls[0], TINY).state_dict) == len(random_state_dict(TINY))
+
+
+# --------------------------------------------------------------------------- parity --train / --metrics, bench
+
+
+def test_parity_train_and_bench_bad_inputs(capsys, tmp_path):
+    fails(capsys, "parity", "random", "--train", match="needs --h5")
+    fails(capsys, "parity", "random", "--train", "--h5", str(tmp_path / "none.h5"), match="no such H5 file")
+    fails(capsys, "parity", "random", "--steps", "0", match="--steps must be at least 1")
+    fails(capsys, "bench", "--device", "cpu", "--sizes", "12by5", match="expected HxW")
+
+
+# --------------------------------------------------------------------------- fuse --color
+
+
+@pytest.mark.parametrize("both_colour", [False, True])
+def test_fuse_color_output(capsys, tmp_path, weights, both_colour):
+    """Color/<name>.png: luma = the fused gray image, chroma = the colour source's; for two colour sources
+    the saturation-weighted average |C-128| of both (restated here with cv2 on single colours)."""
+    root = tmp_path / "p"
+    (root / "over").mkdir(parents=True)
+    (root / "under").mkdir()
+    rng = np.random.default_rng(1)
+    shade = rng.integers(60, 200, (13, 17, 1)).astype(np.uint8)
+    ca, cb = np.array([150, 120, 105], np.uint8), np.array([105, 125, 150], np.uint8)
+    img_a = np.ones((13, 17, 1), np.uint8) * ca
+    img_b = np.repeat(shade, 3, axis=2) if not both_colour else (np.ones((13, 17, 1), np.uint8) * cb)
+    cv2.imwrite(str(root / "over" / "x.png"), img_a)
+    cv2.imwrite(str(root / "under" / "x.png"), img_b)
+    out = tmp_path / "o"
+    code, msg = run(capsys, "fuse", "--checkpoint", str(weights), "--device", "cpu", "--a", str(root / "over"),
+                    "--b", str(root / "under"), "--random-text", "-o", str(out), "--color")
+    assert code == 0, msg
+    gray = cv2.imread(str(out / "Gray" / "x.png"), cv2.IMREAD_UNCHANGED).astype(int)
+    col = cv2.cvtColor(cv2.imread(str(out / "Color" / "x.png")), cv2.COLOR_BGR2YCrCb).astype(int)
+
+    def chroma(c):
+        return cv2.cvtColor(c.reshape(1, 1, 3), cv2.COLOR_BGR2YCrCb)[0, 0, 1:].astype(float)
+
+    if both_colour:
+        wa, wb = np.abs(chroma(ca) - 128), np.abs(chroma(cb) - 128)
+        want = (chroma(ca) * wa + chroma(cb) * wb) / (wa + wb)
+    else:
+        want = chroma(ca)
+    # YCrCb -> BGR -> YCrCb in uint8: a few levels of rounding; near black/white BGR clips, so look
+    # where the fused luma leaves room for the chroma
+    mid = (gray >= 40) & (gray <= 215)
+    assert mid.sum() > 20
+    assert np.abs(col[..., 0] - gray)[mid].max() <= 2
+    assert np.abs(col[..., 1:] - np.round(want))[mid].max() <= 2

@@ -3,6 +3,7 @@ resume reproduces an uninterrupted run; smoke runs of `film train`."""
 
 from __future__ import annotations
 
+import json
 import os
 import types
 
@@ -186,7 +187,6 @@ def test_resume_reproduces_uninterrupted_run(request, tmp_path, backend, exact):
 
     full = train(cfg(out="full", init=str(init)), make_trainer(backend, "cpu", TINY))
     part = train(cfg(out="part", init=str(init), epochs=1), make_trainer(backend, "cpu", TINY))
-    import json
 
     pj = os.path.join(part, "param.json")
     params = json.load(open(pj))
@@ -277,3 +277,75 @@ def test_cli_smoke_training_official_config(request, tmp_path, capsys, backend):
     from film.common.checkpoint import load_checkpoint
 
     assert len(load_checkpoint(os.path.join(run, "model", f"ckpt_1.{ext}")).state_dict) == 189
+
+
+def _losses(run_dir):
+    import re
+
+    with open(os.path.join(run_dir, "log.txt")) as f:
+        return [float(m.group(1)) for m in re.finditer(r"\[loss: ([0-9.eE+-]+)\]", f.read())]
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_world_size_2_matches_single_process(tb, tmp_path):
+    """`torchrun --nproc_per_node 2 -m film train` (gloo, CPU): each rank takes half of every batch of 2;
+    the logged (all-reduced) losses and the trained weights equal the single-process run's. Tolerances:
+    the DDP gradient is an average of two half-batch means (other rounding); Adam turns a near-zero
+    gradient's rounding into up to a full lr step (see test_three_adam_steps_with_scheduler)."""
+    import subprocess
+    import sys
+
+    from safetensors.numpy import save_file
+
+    from film.common.checkpoint import read_raw, unwrap
+
+    h5 = tmp_path / "d.h5"
+    _tiny_h5(h5, text_dim=768)
+    init = tmp_path / "init.safetensors"
+    save_file(dict(random_state_dict(seed=21)), str(init))
+    common = ["train", "--backend", "torch", "--h5", str(h5), "--epochs", "1", "--batch-size", "2",
+              "--init", str(init), "--device", "cpu", "--lr", "1e-4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {}
+    for name, launcher in (
+        ("single", [sys.executable, "-m", "film"]),
+        ("ddp", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "film"]),
+    ):
+        out = tmp_path / name
+        p = subprocess.run(launcher + common + ["--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+        (runs[name],) = [os.path.join(out, d) for d in os.listdir(out)]
+    assert len(_losses(runs["single"])) == 2
+    np.testing.assert_allclose(_losses(runs["ddp"]), _losses(runs["single"]), rtol=1e-5)
+    params = json.load(open(os.path.join(runs["ddp"], "param.json")))
+    assert params["world_size"] == 2
+    a, _ = unwrap(read_raw(os.path.join(runs["single"], "model", "ckpt_1.pth")))
+    b, _ = unwrap(read_raw(os.path.join(runs["ddp"], "model", "ckpt_1.pth")))
+    start = random_state_dict(seed=21)
+    close = 0
+    for k in a:
+        d = float(np.abs(a[k] - b[k]).max())
+        assert d <= 2 * 1e-4 * 2 + 1e-6, f"{k}: {d:.2e}"
+        close += d <= 1e-6
+        assert not np.array_equal(a[k], start[k]), f"{k} not trained"
+    assert close >= 0.9 * len(a), f"only {close}/{len(a)} parameters within 1e-6"
+
+
+def test_cli_parity_train(capsys, tb, jb, tmp_path, monkeypatch):
+    """`film parity --train` (tiny config): OK on agreeing backends, FAIL (exit 1) when one is off by 1e-3."""
+    from film.cli import main
+
+    h5 = tmp_path / "d.h5"
+    _tiny_h5(h5)
+    argv = ["parity", "random", "--train", "--h5", str(h5), "--config", "tiny", "--steps", "3"]
+    code = main(argv)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "training parity: OK" in out and "after 3 Adam step(s)" in out
+    import film.backends.jittor.train as jtrain
+
+    real = jtrain.compute_loss
+    monkeypatch.setattr(jtrain, "compute_loss", lambda *a: (lambda lp: (lp[0] * 1.001, lp[1]))(real(*a)))
+    code = main(argv)
+    out = capsys.readouterr().out
+    assert code == 1 and "training parity: FAIL" in out, out

@@ -85,8 +85,8 @@ def _read_safetensors(path: str) -> object:
         with open(path, "rb") as f:
             n = int.from_bytes(f.read(8), "little")
             header = json.loads(f.read(n))
-    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as e:
-        raise FilmError(f"{path}: not a readable safetensors file ({e})") from None
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError, UnicodeDecodeError, MemoryError) as e:
+        raise FilmError(f"{path}: not a readable safetensors file ({str(e)[:200]})") from None
     meta = header.get("__metadata__", {}) or {}
     extras = {}
     for k in ("epoch", "step"):

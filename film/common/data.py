@@ -50,6 +50,27 @@ class H5Pairs:
     def __len__(self) -> int:
         return len(self.names)
 
+    def check(self, text_dim: int | None = None) -> dict:
+        """Check every sample's shapes from the file's metadata (no pixel is read): A and B equal
+        (1, H, W) or (H, W), text (1, L, D) or (L, D) with D == text_dim. Returns {name: (H, W)}."""
+        sizes = {}
+        f = self._f()
+        for name in self.names:
+            try:
+                sa, sb, st = (tuple(f[g][name].shape) for g in GROUPS)
+            except (KeyError, AttributeError, TypeError) as e:
+                raise FilmError(f"{self.path}: sample {name}: not a dataset in every group ({e})") from None
+            if sa != sb or len(sa) not in (2, 3) or (len(sa) == 3 and sa[0] != 1) or 0 in sa:
+                raise FilmError(
+                    f"{self.path}: sample {name}: images of shape {sa} and {sb}, expected equal (1, H, W)"
+                )
+            if len(st) not in (2, 3) or (len(st) == 3 and st[0] != 1) or 0 in st or (text_dim and st[-1] != text_dim):
+                raise FilmError(
+                    f"{self.path}: sample {name}: text features of shape {st}, expected (1, L, {text_dim or 'D'})"
+                )
+            sizes[name] = sa[-2:]
+        return sizes
+
     def _f(self):
         import h5py
 
@@ -75,6 +96,9 @@ class H5Pairs:
             )
         if t.ndim == 2:
             t = t[None]
+        for what, x in (("imageA", a), ("imageB", b), ("text", t)):
+            if not np.isfinite(x).all():
+                raise FilmError(f"{self.path}: sample {name}: {what} contains NaN or inf")
         return a, b, t, name
 
     def __getstate__(self):

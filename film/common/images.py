@@ -42,7 +42,10 @@ def _imread(path: str, flags: int) -> np.ndarray:
         raise FilmError(f"{path}: empty file, not an image")
     # np.fromfile + imdecode: works for non-ASCII paths, and never prints libpng warnings as errors.
     data = np.fromfile(path, dtype=np.uint8)
-    img = cv2.imdecode(data, flags)
+    try:
+        img = cv2.imdecode(data, flags)
+    except cv2.error:
+        img = None
     if img is None or img.size == 0:
         raise FilmError(f"{path}: not a readable image (unsupported or corrupt file)")
     return img

@@ -184,16 +184,8 @@ def read_torch_zip(path: str) -> object:
             return _TorchZipUnpickler(zf.read(pkl), zf, prefix).load()
         except FilmError as e:
             raise type(e)(f"{path}: {e}") from None
-        except (
-            pickle.UnpicklingError,
-            EOFError,
-            zipfile.BadZipFile,
-            ValueError,
-            TypeError,
-            struct.error,
-            OSError,
-        ) as e:
-            raise FilmError(f"{path}: corrupt PyTorch checkpoint ({type(e).__name__}: {e})") from None
+        except Exception as e:  # a corrupt pickle/zip raises anything from IndexError to zlib.error
+            raise FilmError(f"{path}: corrupt PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 # --------------------------------------------------------------------------- Jittor .pkl reading
@@ -265,17 +257,8 @@ def read_jittor_pkl(path: str) -> object:
         return _NumpyUnpickler(io.BytesIO(data)).load()
     except FilmError as e:
         raise type(e)(f"{path}: {e}") from None
-    except (
-        pickle.UnpicklingError,
-        EOFError,
-        ValueError,
-        TypeError,
-        struct.error,
-        IndexError,
-        KeyError,
-        AttributeError,
-    ) as e:
-        raise FilmError(f"{path}: not a readable pickle checkpoint ({type(e).__name__}: {e})") from None
+    except Exception as e:  # a corrupt pickle raises anything from IndexError to RecursionError
+        raise FilmError(f"{path}: not a readable pickle checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def write_jittor_pkl(path: str, obj: object) -> None:

@@ -15,8 +15,8 @@ def load_text(path: str, text_dim: int = 768) -> np.ndarray:
         raise FilmError(f"{path}: no such text-feature file")
     try:
         arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise FilmError(f"{path}: not a readable .npy array ({e})") from None
+    except Exception as e:  # a corrupt header raises ValueError, SyntaxError, MemoryError, ...
+        raise FilmError(f"{path}: not a readable .npy array ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.floating):
         raise FilmError(
             f"{path}: expected float text features, got {getattr(arr, 'dtype', type(arr).__name__)}"

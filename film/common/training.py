@@ -59,6 +59,11 @@ def epoch_batches(
     return [order[i : i + batch_size] for i in range(0, stop, batch_size)]
 
 
+def epoch_order(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True, drop_last: bool = True) -> list[int]:
+    """The flat sample order of one epoch (what the torch/Jittor dataset adapters' samplers yield)."""
+    return [int(i) for batch in epoch_batches(n, batch_size, seed, epoch, shuffle, drop_last) for i in batch]
+
+
 def load_batch(data: H5Pairs, idx: np.ndarray):
     items = [data[int(i)] for i in idx]
     shapes = {it[0].shape for it in items}
@@ -148,10 +153,23 @@ def copy_code(run_dir: str, backend: str) -> None:
 
 
 def train(cfg: TrainConfig, trainer) -> str:
-    """Run (or resume) training; returns the run folder. ``trainer``: a backend Trainer."""
+    """Run (or resume) training; returns the run folder. ``trainer``: a backend Trainer.
+
+    Under torchrun the trainer has ``world`` > 1: every rank runs this loop on its share of each batch,
+    and only rank 0 writes the run folder (param.json, code/, log, pictures, checkpoints)."""
     from tqdm import tqdm
 
+    rank, world = getattr(trainer, "rank", 0), getattr(trainer, "world", 1)
+    main = rank == 0
+    if cfg.batch_size % world:
+        raise FilmError(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes")
     data = H5Pairs(cfg.h5)
+    sizes = data.check(getattr(getattr(trainer, "model_cfg", None), "text_dim", None))
+    if cfg.batch_size > 1 and len(set(sizes.values())) > 1:
+        raise FilmError(
+            f"{cfg.h5}: samples of {len(set(sizes.values()))} different sizes cannot be batched by {cfg.batch_size}: "
+            "use --batch-size 1 or an H5 made with film prepare --small"
+        )
     if len(data) < cfg.batch_size:
         raise FilmError(
             f"{cfg.h5}: {len(data)} samples, fewer than one batch of {cfg.batch_size} (drop_last)"
@@ -164,26 +182,37 @@ def train(cfg: TrainConfig, trainer) -> str:
             raise FilmError(f"{run_dir}: no model/ckpt_<epoch>{trainer.ext} to resume from")
         state = trainer.load_resume(found[0])
         start_epoch, step = state["epoch"] + 1, state["step"]
-        with open(os.path.join(run_dir, "param.json")) as f:
-            saved = json.load(f)
+        try:
+            with open(os.path.join(run_dir, "param.json")) as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as e:
+            raise FilmError(f"{run_dir}: param.json missing or unreadable ({e})") from None
         for k in ("epochs", "batch_size", "lr", "step_size", "gamma", "grad_weight", "ssim_weight", "seed"):
             setattr(cfg, k, saved.get(k, getattr(cfg, k)))
     else:
+        trainer.setup(cfg)  # a bad --init fails here, before a run folder exists
         run_dir = os.path.join(cfg.out, run_name(cfg))
-        os.makedirs(os.path.join(run_dir, "model"), exist_ok=True)
-        params = {
-            **asdict(cfg),
-            "epoch": cfg.epochs,
-            "optim_step": cfg.step_size,
-            "optim_gamma": cfg.gamma,
-            "gradweight": cfg.grad_weight,
-        }
-        with open(os.path.join(run_dir, "param.json"), "w") as f:
-            json.dump(params, f, indent=2)
-        copy_code(run_dir, cfg.backend)
-        trainer.setup(cfg)
-    log = RunLog(run_dir)
+        if world > 1:
+            run_dir = trainer.share(run_dir)  # the name holds a timestamp: take rank 0's
+        if main:
+            try:
+                os.makedirs(os.path.join(run_dir, "model"), exist_ok=True)
+            except OSError as e:
+                raise FilmError(f"{run_dir}: cannot create the run folder ({e.strerror or e})") from None
+            params = {
+                **asdict(cfg),
+                "world_size": world,
+                "epoch": cfg.epochs,
+                "optim_step": cfg.step_size,
+                "optim_gamma": cfg.gamma,
+                "gradweight": cfg.grad_weight,
+            }
+            with open(os.path.join(run_dir, "param.json"), "w") as f:
+                json.dump(params, f, indent=2)
+            copy_code(run_dir, cfg.backend)
+    log = RunLog(run_dir) if main else None
     per_epoch = len(data) // cfg.batch_size
+    share = cfg.batch_size // world
     total = cfg.epochs * per_epoch
     bar = tqdm(
         total=total,
@@ -191,7 +220,7 @@ def train(cfg: TrainConfig, trainer) -> str:
         desc=f"train [{cfg.backend}]",
         unit="step",
         file=sys.stderr,
-        disable=None,
+        disable=None if main else True,
         dynamic_ncols=True,
     )
     try:
@@ -200,7 +229,7 @@ def train(cfg: TrainConfig, trainer) -> str:
             trainer.set_lr(lr)
             t0 = time.time()
             for i, idx in enumerate(epoch_batches(len(data), cfg.batch_size, cfg.seed, epoch)):
-                a, b, t, names = load_batch(data, idx)
+                a, b, t, names = load_batch(data, idx[rank * share : (rank + 1) * share])
                 loss, parts, fused = trainer.step(a, b, t, cfg)
                 if not math.isfinite(loss):
                     last = latest_checkpoint(run_dir, trainer.ext)
@@ -208,27 +237,30 @@ def train(cfg: TrainConfig, trainer) -> str:
                     raise FilmError(
                         f"loss became {loss} at epoch {epoch + 1}, step {step}: training stopped{keep}"
                     )
-                msg = (
-                    f"[Epoch {epoch + 1}/{cfg.epochs}] [Batch {i}/{per_epoch}] [loss: {loss:f}] "
-                    f"[loss_in: {parts['loss_in']:f}] [loss_grad: {parts['loss_grad']:f}] [lr: {lr:g}]"
-                )
-                log.line(msg)
-                log.scalars(
-                    step, {"loss/total": loss, **{f"loss/{k}": v for k, v in parts.items()}, "lr": lr}
-                )
-                if i <= 1:
-                    save_pictures(run_dir, epoch + 1, a, b, fused, names)
+                if main:
+                    msg = (
+                        f"[Epoch {epoch + 1}/{cfg.epochs}] [Batch {i}/{per_epoch}] [loss: {loss:f}] "
+                        f"[loss_in: {parts['loss_in']:f}] [loss_grad: {parts['loss_grad']:f}] [lr: {lr:g}]"
+                    )
+                    log.line(msg)
+                    log.scalars(
+                        step, {"loss/total": loss, **{f"loss/{k}": v for k, v in parts.items()}, "lr": lr}
+                    )
+                    if i <= 1:
+                        save_pictures(run_dir, epoch + 1, a, b, fused, names)
                 step += 1
                 bar.set_postfix(loss=f"{loss:.4f}", epoch=epoch + 1)
                 bar.update(1)
                 if cfg.max_steps is not None and step >= cfg.max_steps:
                     break
             trainer.save(os.path.join(run_dir, "model", f"ckpt_{epoch + 1}{trainer.ext}"), epoch, step)
-            log.line(f"This Epoch takes time: {time.time() - t0:.1f}s", echo=False)
+            if main:
+                log.line(f"This Epoch takes time: {time.time() - t0:.1f}s", echo=False)
             if cfg.max_steps is not None and step >= cfg.max_steps:
                 break
     finally:
         bar.close()
-        log.close()
+        if log is not None:
+            log.close()
         data.close()
     return run_dir

@@ -106,6 +106,16 @@ class Trainer:
         self.opt.step(loss)
         return float(loss.item()), {k: float(v.item()) for k, v in parts.items()}, fused.numpy()
 
+    def gradients(self, a, b, t, cfg) -> tuple[float, dict]:
+        """Loss and every parameter's gradient for one batch (no optimizer step)."""
+        fused = self.model(jt.array(a), jt.array(b), jt.array(t))
+        loss, _ = compute_loss(jt.array(a), jt.array(b), fused, cfg)
+        grads = jt.grad(loss, self._params())
+        return float(loss.item()), {k: g.numpy() for k, g in zip(param_schema(self.model_cfg), grads)}
+
+    def params_numpy(self) -> dict:
+        return {k: p.numpy().copy() for k, p in zip(param_schema(self.model_cfg), self._params())}
+
     def optimizer_state(self) -> dict:
         """Adam state in torch's optimizer.state_dict() layout (indices in schema order)."""
         pg = self.opt.param_groups[0]
@@ -151,14 +161,7 @@ class Trainer:
             },
         )
 
-    def load_resume(self, path: str) -> dict:
-        ck = read_jittor_pkl(path)
-        if not isinstance(ck, dict) or any(
-            ck.get(k) is None for k in ("model", "optimizer1", "lr_schedule1", "epoch", "step")
-        ):
-            raise FilmError(f"{path}: not a resumable training checkpoint")
-        sd, _ = unwrap({"model": ck["model"]}, path)
-        validate(sd, self.model_cfg, path)
+    def _resume_state(self, ck: dict, sd: dict) -> None:
         sched = ck["lr_schedule1"]
 
         class P:
@@ -171,7 +174,26 @@ class Trainer:
         opt = ck["optimizer1"]
         pg = self.opt.param_groups[0]
         for i, (m, v) in enumerate(zip(pg["m"], pg["values"])):
-            m.update(jt.array(opt["state"][i]["exp_avg"]))
-            v.update(jt.array(opt["state"][i]["exp_avg_sq"]))
+            for var, key in ((m, "exp_avg"), (v, "exp_avg_sq")):
+                arr = np.asarray(opt["state"][i][key], dtype=np.float32)
+                if arr.shape != tuple(var.shape):  # Jittor's update would not complain
+                    raise ValueError(f"state {i} {key} has shape {arr.shape}, expected {tuple(var.shape)}")
+                var.update(jt.array(arr))
         self.opt.n_step = int(float(opt["state"][0]["step"]))
+
+    def load_resume(self, path: str) -> dict:
+        ck = read_jittor_pkl(path)
+        if not isinstance(ck, dict) or any(
+            ck.get(k) is None for k in ("model", "optimizer1", "lr_schedule1", "epoch", "step")
+        ):
+            raise FilmError(f"{path}: not a resumable training checkpoint")
+        sd, _ = unwrap({"model": ck["model"]}, path)
+        validate(sd, self.model_cfg, path)
+        try:
+            self._resume_state(ck, sd)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+            raise FilmError(
+                f"{path}: optimizer/scheduler state unreadable ({type(e).__name__}: {e}); "
+                "start a new run with --init instead"
+            ) from None
         return {"epoch": int(ck["epoch"]), "step": int(ck["step"])}

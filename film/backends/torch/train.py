@@ -50,10 +50,48 @@ class Trainer:
         self.device = resolve_device(device)
         self.model_cfg = model_cfg
         self.model = None
+        self.rank, self.world = 0, 1
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun
+            self._init_distributed()
+
+    def _init_distributed(self) -> None:
+        """DistributedDataParallel: one process per device; gloo on CPU, nccl on CUDA. --batch-size stays
+        the global batch (the official recipe's 2): each rank takes its contiguous share of every batch, and
+        DDP's gradient average equals the single-process mean-loss gradient."""
+        import torch.distributed as dist
+
+        if self.device.type == "cuda":
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            self.device = torch.device("cuda", local)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+
+    def share(self, obj):
+        """Rank 0's value of ``obj`` on every rank (e.g. the run folder name, which holds a timestamp)."""
+        if self.world == 1:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def _build(self, cfg, init_sd=None):
         torch.manual_seed(cfg.seed)
         self.model = build_model(self.model_cfg, init_sd, str(self.device)).train()
+        self.forward = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.opt = torch.optim.Adam(
             self.model.parameters(),
             lr=cfg.lr,
@@ -74,19 +112,40 @@ class Trainer:
     def step(self, a, b, t, cfg):
         dev = self.device
         a_, b_, t_ = (torch.from_numpy(x).to(dev) for x in (a, b, t))
-        fused = self.model(a_, b_, t_)
+        fused = self.forward(a_, b_, t_)
         loss, parts = compute_loss(a_, b_, fused, cfg)
         self.opt.zero_grad()
         loss.backward()
         self.opt.step()
+        report = torch.stack([loss.detach(), *(v.detach() for v in parts.values())])
+        if self.world > 1:  # log the global batch's loss, identical on every rank (the NaN stop agrees too)
+            import torch.distributed as dist
+
+            dist.all_reduce(report)
+            report /= self.world
+        report = report.cpu().tolist()
         return (
-            float(loss.item()),
-            {k: float(v.item()) for k, v in parts.items()},
+            report[0],
+            dict(zip(parts, report[1:])),
             fused.detach().cpu().numpy(),
         )
 
+    def gradients(self, a, b, t, cfg) -> tuple[float, dict]:
+        """Loss and every parameter's gradient for one batch (no optimizer step); float64 if the model is."""
+        dt = next(self.model.parameters()).dtype
+        a_, b_, t_ = (torch.from_numpy(x).to(self.device, dt) for x in (a, b, t))
+        self.opt.zero_grad()
+        loss, _ = compute_loss(a_, b_, self.model(a_, b_, t_), cfg)
+        loss.backward()
+        grads = grads_numpy(self.model)
+        self.opt.zero_grad()
+        return float(loss.item()), grads
+
+    def params_numpy(self) -> dict:
+        return dict(state_dict_numpy(self.model))
+
     def save(self, path: str, epoch: int, step: int) -> None:
-        """The official training dict, DataParallel keys; written to a temp file, then renamed."""
+        """The official training dict, DataParallel keys; written to a temp file, then renamed (rank 0 only)."""
         self.sched.last_epoch = epoch
         self.sched._last_lr = [g["lr"] for g in self.opt.param_groups]
         self.sched.step()
@@ -98,8 +157,10 @@ class Trainer:
             "epoch": epoch,
             "step": step,
         }
-        with atomic_path(path) as tmp:
-            torch.save(ckpt, tmp)
+        if self.rank == 0:
+            with atomic_path(path) as tmp:
+                torch.save(ckpt, tmp)
+        self.barrier()
 
     def load_resume(self, path: str) -> dict:
         try:
@@ -115,10 +176,15 @@ class Trainer:
 
         sd, _ = unwrap({"model": {k: v.numpy() for k, v in ck["model"].items()}}, path)
         validate(sd, self.model_cfg, path)
-        params = _ParamsFromState(ck)
-        self._build(params, sd)
-        self.opt.load_state_dict(ck["optimizer1"])
-        self.sched.load_state_dict(ck["lr_schedule1"])
+        try:
+            self._build(_ParamsFromState(ck), sd)
+            self.opt.load_state_dict(ck["optimizer1"])
+            self.sched.load_state_dict(ck["lr_schedule1"])
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+            raise FilmError(
+                f"{path}: optimizer/scheduler state unreadable ({type(e).__name__}: {e}); "
+                "start a new run with --init instead"
+            ) from None
         return {"epoch": int(ck["epoch"]), "step": int(ck["step"])}
 
 

@@ -1,0 +1,327 @@
+"""``film bench``: inference and training-step timings, peak memory and agreement, written to a results file.
+
+Each (implementation, size) runs in its own child process so that peak memory (ru_maxrss on CPU,
+max_memory_allocated on CUDA) belongs to that case alone. Implementations:
+  official-style  the eager forward written as the official network computes (torch; the baseline)
+  torch           the torch backend as shipped
+  jittor          the Jittor backend
+Results: benchmarks/results/<date>_<device>.json (machine, versions, date) and a Markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from film.errors import FilmError
+
+DEFAULT_SIZES = {"cpu": ["288x384", "480x640"], "cuda": ["288x384", "480x640", "768x1024"]}
+
+
+def _parse_size(s: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in s.lower().split("x"))
+    except ValueError:
+        raise FilmError(f"size {s!r}: expected HxW, e.g. 480x640") from None
+    if h < 1 or w < 1:
+        raise FilmError(f"size {s!r}: must be positive")
+    return h, w
+
+
+def _inputs(h: int, w: int, batch: int = 1):
+    rng = np.random.default_rng(0)
+    from film.common.init import random_text
+
+    return (rng.random((batch, 1, h, w), dtype=np.float32), rng.random((batch, 1, h, w), dtype=np.float32),
+            random_text(149, 768, seed=1, batch=batch))
+
+
+def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, train: bool, out_npy: str | None) -> dict:
+    """Runs in the child process."""
+    import resource
+
+    from film.common.init import random_state_dict
+
+    sd = random_state_dict(seed=0)
+    a, b, t = _inputs(h, w, 2 if train else 1)
+    times: list[float] = []
+    peak_gpu = None
+    if impl in ("official-style", "torch"):
+        import torch
+
+        from film.backends.torch.backend import build_model, set_deterministic
+
+        set_deterministic()
+        model = build_model(state_dict=sd, device=device)
+        dev = next(model.parameters()).device
+        xa, xb, xt = (torch.from_numpy(x).to(dev) for x in (a, b, t))
+        if impl == "official-style":
+            from film.backends.torch.reference import official_forward
+
+            fwd = lambda: official_forward(model, xa, xb, xt)  # noqa: E731
+        else:
+            fwd = lambda: model(xa, xb, xt)  # noqa: E731
+        if train:
+            from film.backends.torch.train import compute_loss
+            from film.common.training import TrainConfig
+
+            model.train()
+            opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+            cfg = TrainConfig(h5="")
+
+            def once():
+                f = fwd()
+                loss, _ = compute_loss(xa, xb, f, cfg)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                return f
+        else:
+            def once():
+                with torch.inference_mode():
+                    return fwd()
+
+        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+        for _ in range(warmup):
+            once()
+        sync()
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            out = once()
+            sync()
+            times.append(time.perf_counter() - t0)
+        if dev.type == "cuda":
+            peak_gpu = torch.cuda.max_memory_allocated()
+        result = out.detach().float().cpu().numpy()
+        versions = {"torch": torch.__version__, "cuda": torch.version.cuda}
+    else:
+        from film.backends.registry import get_backend
+
+        jb = get_backend("jittor", device)
+        import jittor as jt
+
+        model = jb.build_model(state_dict=sd, device=device)
+        if train:
+            from film.backends.jittor.train import TorchAdam, compute_loss
+            from film.common.training import TrainConfig
+
+            model.train()
+            opt = TorchAdam(model.parameters(), lr=1e-5)
+            cfg = TrainConfig(h5="")
+            ja, jbb, jtt = jt.array(a), jt.array(b), jt.array(t)
+
+            def once():
+                f = model(ja, jbb, jtt)
+                loss, _ = compute_loss(ja, jbb, f, cfg)
+                opt.step(loss)
+                jt.sync_all()
+                return f.numpy()
+        else:
+            def once():
+                return jb.forward_numpy(model, a, b, t)
+
+        for _ in range(warmup):
+            once()
+        jt.sync_all(True)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            result = once()
+            jt.sync_all(True)
+            times.append(time.perf_counter() - t0)
+        versions = {"jittor": jt.__version__}
+    if out_npy:
+        np.save(out_npy, result)
+    return {
+        "impl": impl, "size": f"{h}x{w}", "train": train, "median_s": statistics.median(times), "times_s": times,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mb": None if peak_gpu is None else peak_gpu / 2**20, "versions": versions,
+    }
+
+
+def _child(impl, size, device, repeats, warmup, train, tmp) -> dict:
+    out_npy = os.path.join(tmp, f"{impl}_{size}_{int(train)}.npy")
+    code = (
+        "import json,sys; from film.bench import run_case; "
+        f"r = run_case({impl!r}, {size[0]}, {size[1]}, {device!r}, {repeats}, {warmup}, {train}, {out_npy!r}); "
+        "print('FILM_BENCH ' + json.dumps(r))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    for line in r.stdout.splitlines():
+        if line.startswith("FILM_BENCH "):
+            res = json.loads(line[len("FILM_BENCH "):])
+            res["_npy"] = out_npy
+            return res
+    tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-8:])
+    raise FilmError(f"benchmark case {impl} {size} failed:\n{tail}")
+
+
+def machine_info(device: str) -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d"), "device": device}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    if device == "cuda":
+        try:
+            q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                               capture_output=True, text=True, timeout=20)
+            info["gpu"] = q.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return info
+
+
+def _repo_root() -> str | None:
+    """The source checkout holding benchmarks/ (the package's parent for an editable install, else the cwd)."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for root in (here, os.getcwd()):
+        if os.path.isfile(os.path.join(root, "benchmarks", "reference_metrics.py")):
+            return root
+    return None
+
+
+def bench_metrics(repeats: int = 3) -> dict:
+    """film eval's metrics vs the straightforward port (benchmarks/reference_metrics.py) on the shipped samples."""
+    root = _repo_root()
+    if root is None:
+        raise FilmError("film bench --metrics needs the repository's benchmarks/ folder (a source checkout): "
+                        "run it from the repository root")
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benchmarks import reference_metrics as ref
+    from film.common.images import find_ab_folders, find_datasets, match_pairs, read_gray, samples_root
+    from film.common.metrics import METRICS, evaluate
+
+    triples = []
+    for ds in find_datasets(samples_root()):
+        da, db = find_ab_folders(ds)
+        for p in match_pairs(da, db):
+            a, b = read_gray(p.a), read_gray(p.b)
+            f = np.round(np.maximum(a, b) * 0.7 + np.minimum(a, b) * 0.3).astype(np.float32)
+            triples.append((f, a, b))
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ours():
+        with ThreadPoolExecutor(os.cpu_count()) as pool:
+            return list(pool.map(lambda x: evaluate(*x), triples))
+
+    def port():
+        return [ref.evaluate(*x) for x in triples]
+
+    t_ours, t_port = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        r1 = ours()
+        t_ours.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        r2 = port()
+        t_port.append(time.perf_counter() - t0)
+    worst = {m: max(abs(x[m] - y[m]) / max(abs(y[m]), 1e-12) for x, y in zip(r1, r2)) for m in METRICS}
+    return {"pairs": len(triples), "ours_s": statistics.median(t_ours), "port_s": statistics.median(t_port),
+            "speedup": statistics.median(t_port) / statistics.median(t_ours), "max_rel_diff": worst}
+
+
+MEMORY_SIZES = ["256x256", "512x512", "768x768"]
+
+
+def memory_fit(rows: list[dict]) -> dict:
+    """Least-squares line peak_memory = fixed + per_pixel * pixels, per implementation."""
+    fits = {}
+    for impl in sorted({r["impl"] for r in rows}):
+        pts = [r for r in rows if r["impl"] == impl]
+        if len(pts) < 2:
+            continue
+        px = np.array([np.prod([int(v) for v in r["size"].split("x")]) for r in pts], dtype=np.float64)
+        mb = np.array([r["peak_gpu_mb"] if r["peak_gpu_mb"] is not None else r["peak_rss_mb"] for r in pts])
+        slope, fixed = np.polyfit(px, mb * 2**20, 1)
+        fits[impl] = {"bytes_per_pixel": float(slope), "mb_per_megapixel": float(slope * 1e6 / 2**20),
+                      "fixed_mb": float(fixed / 2**20), "sizes": [r["size"] for r in pts]}
+    return fits
+
+
+def run_bench(args) -> int:
+    device = args.device
+    if device == "auto":
+        from film.backends.jittor.runtime import has_nvidia_gpu
+
+        device = "cuda" if has_nvidia_gpu() else "cpu"
+    if getattr(args, "memory", False):
+        args.sizes = args.sizes or MEMORY_SIZES
+        args.repeats, args.warmup = 1, 0
+    sizes = [_parse_size(s) for s in (args.sizes or DEFAULT_SIZES[device])]
+    impls = ["official-style", "torch", "jittor"]
+    if args.backends:
+        impls = ["official-style"] + [b for b in args.backends.split(",") if b in ("torch", "jittor")]
+    results = {"machine": machine_info(device), "inference": [], "train_step": [], "metrics": None}
+    from tqdm import tqdm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = [(i, s, False) for s in sizes for i in impls]
+        if args.train:
+            cases += [(i, sizes[0], True) for i in impls if i != "official-style"] + [("official-style", sizes[0], True)]
+        for impl, size, train in tqdm(cases, desc="bench", file=sys.stderr, disable=None):
+            r = _child(impl, size, device, args.repeats, args.warmup, train, tmp)
+            (results["train_step"] if train else results["inference"]).append(r)
+        for group in ("inference", "train_step"):
+            base = {r["size"]: r for r in results[group] if r["impl"] == "official-style"}
+            for r in results[group]:
+                b = base.get(r["size"])
+                if b is not None and not r["train"]:
+                    r["max_abs_vs_official_style"] = float(np.abs(np.load(r["_npy"]) - np.load(b["_npy"])).max())
+                if b is not None:
+                    r["speedup_vs_official_style"] = b["median_s"] / r["median_s"]
+            for r in results[group]:
+                r.pop("_npy", None)
+    if getattr(args, "memory", False):
+        results["memory_fit"] = memory_fit(results["inference"])
+        results["note"] = ("film bench --memory: one cold run per case (no warm-up); the timings are not a "
+                           "benchmark, only peak memory is (a fresh process per case).")
+    if args.metrics:
+        results["metrics"] = bench_metrics()
+    print(format_results(results))
+    kind = "_memory" if getattr(args, "memory", False) else ""
+    out = args.output or os.path.join(
+        _repo_root() or ".", "benchmarks", "results", f"{time.strftime('%Y-%m-%d')}_{device}{kind}.json"
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    from film.common.safeio import atomic_write_bytes
+
+    atomic_write_bytes(out, json.dumps(results, indent=2).encode())
+    print(f"results: {out}")
+    return 0
+
+
+def format_results(res: dict) -> str:
+    m = res["machine"]
+    lines = [f"device: {m['device']} ({m.get('gpu') or m.get('cpu', '')}), {m['cpus']} CPUs, {m['date']}", "",
+             "| what | size | impl | median s | vs official-style | peak MB | max abs vs official-style |",
+             "|---|---|---|---|---|---|---|"]
+    for group, label in (("inference", "inference"), ("train_step", "train step (bs 2)")):
+        for r in res[group]:
+            peak = r["peak_gpu_mb"] if r["peak_gpu_mb"] is not None else r["peak_rss_mb"]
+            sp = r.get("speedup_vs_official_style")
+            d = r.get("max_abs_vs_official_style")
+            lines.append(f"| {label} | {r['size']} | {r['impl']} | {r['median_s']:.3f} | "
+                         f"{'' if sp is None else f'{sp:.2f}x'} | {peak:.0f} | {'' if d is None else f'{d:.1e}'} |")
+    for impl, f in (res.get("memory_fit") or {}).items():
+        lines.append(f"\npeak memory {impl}: {f['mb_per_megapixel']:.0f} MB per megapixel + {f['fixed_mb']:.0f} MB "
+                     f"(fit over {', '.join(f['sizes'])})")
+    if res.get("note"):
+        lines.append(f"\nnote: {res['note']}")
+    if res.get("metrics"):
+        mm = res["metrics"]
+        lines.append(f"\nmetrics on {mm['pairs']} shipped pairs: film eval {mm['ours_s']:.2f}s vs straightforward port "
+                     f"{mm['port_s']:.2f}s = {mm['speedup']:.1f}x; max rel diff {max(mm['max_rel_diff'].values()):.1e}")
+    return "\n".join(lines)
