@@ -51,9 +51,8 @@ def cmd_parity(args) -> int:
         raise FilmError("--steps must be at least 1")
     sd = None if args.checkpoint == "random" else load_checkpoint(args.checkpoint).state_dict
     if args.train:
-        from film.parity_train import format_train_report, run_train_parity
-
         from film.common.spec import OFFICIAL, TINY
+        from film.parity_train import format_train_report, run_train_parity
 
         cfg = TINY if args.config == "tiny" else OFFICIAL
         report = run_train_parity(sd, args.h5, steps=args.steps, lr=args.lr, seed=args.seed, device=args.device,
