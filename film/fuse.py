@@ -50,10 +50,13 @@ def collect(args, dim: int) -> list[Item]:
         from film.common.data import H5Pairs
 
         ds = H5Pairs(args.h5)
-        for i in range(len(ds)):
-            a, b, t, name = ds[i]
-            items.append(Item(name, a[0], b[0], t[0]))
-        ds.close()
+        try:
+            ds.check(dim)  # every sample's shapes from the metadata, named, before anything is written
+            for i in range(len(ds)):
+                a, b, t, name = ds[i]
+                items.append(Item(name, a[0], b[0], t[0]))
+        finally:
+            ds.close()
         return items
     if args.a:
         if not args.b:

@@ -424,6 +424,12 @@ def test_fuse_h5_problems(capsys, tmp_path, weights):
     fails(
         capsys, "fuse", "--checkpoint", str(weights), "--h5", str(p), "-o", str(tmp_path / "o"), match="d.h5"
     )
+    for bad in (np.zeros(7, np.float32), np.zeros((1, 149, 512), np.float32), np.array(b"text")):
+        _h5(p, ["x"], ["x"], [])
+        with h5py.File(p, "a") as f:
+            f["text"].create_dataset("x", data=bad)
+        fails(capsys, "fuse", "--checkpoint", str(weights), "--h5", str(p), "-o", str(tmp_path / "o"),
+              match="sample x: text features of shape")
     assert not (tmp_path / "o").exists()
 
 
