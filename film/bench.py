@@ -54,7 +54,7 @@ def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, 
     a, b, t = _inputs(h, w, 2 if train else 1)
     times: list[float] = []
     peak_gpu = None
-    if impl in ("official-style", "torch"):
+    if impl in ("official-style", "torch", "torch-fast"):
         import torch
 
         from film.backends.torch.backend import build_model, set_deterministic
@@ -63,6 +63,11 @@ def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, 
         model = build_model(state_dict=sd, device=device)
         dev = next(model.parameters()).device
         xa, xb, xt = (torch.from_numpy(x).to(dev) for x in (a, b, t))
+        if impl == "torch-fast":
+            from film.backends.torch.backend import set_fast
+
+            set_fast(model)
+            xa, xb = (x.contiguous(memory_format=torch.channels_last) for x in (xa, xb))
         if impl == "official-style":
             from film.backends.torch.reference import official_forward
 
@@ -261,9 +266,9 @@ def run_bench(args) -> int:
         args.sizes = args.sizes or MEMORY_SIZES
         args.repeats, args.warmup = 1, 0
     sizes = [_parse_size(s) for s in (args.sizes or DEFAULT_SIZES[device])]
-    impls = ["official-style", "torch", "jittor"]
+    impls = ["official-style", "torch", "torch-fast", "jittor"]
     if args.backends:
-        impls = ["official-style"] + [b for b in args.backends.split(",") if b in ("torch", "jittor")]
+        impls = ["official-style"] + [b for b in args.backends.split(",") if b in ("torch", "torch-fast", "jittor")]
     results = {"machine": machine_info(device), "inference": [], "train_step": [], "metrics": None}
     from tqdm import tqdm
 

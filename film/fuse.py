@@ -133,7 +133,10 @@ def run_fuse(args) -> tuple[int, str]:
     if args.text and args.random_text:
         raise FilmError("--text and --random-text exclude each other")
     fuser = load_fuser(
-        None if args.checkpoint == "random" else args.checkpoint, backend=args.backend, device=args.device
+        None if args.checkpoint == "random" else args.checkpoint,
+        backend=args.backend,
+        device=args.device,
+        fast=getattr(args, "fast", False),
     )
     items = collect(args, fuser.cfg.text_dim)
     if not items:

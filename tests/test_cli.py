@@ -844,3 +844,16 @@ def test_fuse_color_output(capsys, tmp_path, weights, both_colour):
     assert mid.sum() > 20
     assert np.abs(col[..., 0] - gray)[mid].max() <= 2
     assert np.abs(col[..., 1:] - np.round(want))[mid].max() <= 2
+
+
+def test_fuse_fast_mode(capsys, tmp_path, pairs, weights):
+    """--fast (channels_last) writes the same files; pixels within one level of the default mode."""
+    root, text = pairs
+    for mode in ("plain", "fast"):
+        extra = ["--fast"] if mode == "fast" else []
+        code, msg = run(capsys, *_fuse_argv(weights, root / "ir", root / "vi", text, tmp_path / mode, *extra))
+        assert code == 0, msg
+    assert files_under(tmp_path / "fast") == files_under(tmp_path / "plain") == ["Gray/p1.png", "Gray/p2.png"]
+    for n in ("p1", "p2"):
+        x, y = (cv2.imread(str(tmp_path / m / "Gray" / f"{n}.png"), cv2.IMREAD_UNCHANGED).astype(int) for m in ("plain", "fast"))
+        assert np.abs(x - y).max() <= 1

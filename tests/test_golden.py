@@ -72,3 +72,23 @@ def test_matches_official_network(request, backend, case, weights):
     assert same >= 0.995 and int(np.abs(u8.astype(int) - ref8).max()) <= 1, (
         f"{backend} {name}: uint8 identical {same:.4%}"
     )
+
+
+# Measured (CPU, 2026-11-25): max |fast - official float32| = 1.0e-5 (tno07_crop), 3.2e-4 (roadscene_07809),
+# 8.8e-5 (lytro01_crop); uint8 98.3 % identical on roadscene. channels_last convolutions round differently, and on images with large flat areas
+# the Restormer attention amplifies any float32 rounding (the official float32 output is itself 1.1e-4 from
+# float64 on roadscene). Hence an opt-in mode with its own, wider tolerance; see docs/parity.md.
+FAST_ATOL = 5e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", mg.CASES, ids=[c[0] for c in mg.CASES])
+def test_fast_mode_close_to_official_network(tb, case, weights):
+    model = tb.set_fast(tb.build_model(state_dict=weights, device="cpu"))
+    name, a, b, text = mg.load_case(case)
+    out = tb.forward_numpy(model, a[None, None], b[None, None], text[None])[0, 0]
+    d = float(np.abs(out - GOLDEN[f"{name}/output"]).max())
+    assert d <= FAST_ATOL, f"fast {name}: max_abs={d:.2e} vs official float32"
+    u8, ref8 = to_uint8(out), GOLDEN[f"{name}/uint8"]
+    # measured: 98.3 % identical on roadscene, every difference one level
+    assert float((u8 == ref8).mean()) >= 0.98 and int(np.abs(u8.astype(int) - ref8).max()) <= 1

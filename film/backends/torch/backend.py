@@ -40,6 +40,16 @@ def build_model(cfg: FilmConfig = OFFICIAL, state_dict: dict | None = None, devi
     return model.to(resolve_device(device)).eval()
 
 
+def set_fast(model: Net) -> Net:
+    """Opt-in speed mode: channels_last (NHWC) convolutions, which oneDNN/cuDNN run much faster for the
+    depthwise and 1x1 convs that dominate FILM (measured 1.7x on CPU at 288x384). Other kernels mean
+    other rounding: outputs stay within 1e-4 of the official float32 network (tests/test_golden.py),
+    not bit-for-bit, so it is off by default."""
+    model.to(memory_format=torch.channels_last)
+    model._film_fast = True
+    return model
+
+
 def load_state_dict(model: Net, state_dict: dict) -> None:
     validate(state_dict, model.cfg, "state dict")
     tensors = OrderedDict(
@@ -61,16 +71,17 @@ def forward_numpy(
     p = next(model.parameters())
     dt = np.float64 if p.dtype == torch.float64 else np.float32  # a .double() model is the float64 reference
     raw: dict | None = {} if taps is not None else None
+    fmt = torch.channels_last if getattr(model, "_film_fast", False) else torch.contiguous_format
     with torch.inference_mode():
         out = model(
-            torch.from_numpy(np.ascontiguousarray(a, dtype=dt)).to(p.device),
-            torch.from_numpy(np.ascontiguousarray(b, dtype=dt)).to(p.device),
+            torch.from_numpy(np.ascontiguousarray(a, dtype=dt)).to(p.device).contiguous(memory_format=fmt),
+            torch.from_numpy(np.ascontiguousarray(b, dtype=dt)).to(p.device).contiguous(memory_format=fmt),
             torch.from_numpy(np.ascontiguousarray(text, dtype=dt)).to(p.device),
             taps=raw,
         )
     if taps is not None:
-        taps.update({k: v.cpu().numpy() for k, v in raw.items()})
-    return out.cpu().numpy()
+        taps.update({k: np.ascontiguousarray(v.cpu().numpy()) for k, v in raw.items()})
+    return np.ascontiguousarray(out.cpu().numpy())
 
 
 def describe() -> str:
