@@ -207,8 +207,9 @@ def train(cfg: TrainConfig, trainer) -> str:
                 "optim_gamma": cfg.gamma,
                 "gradweight": cfg.grad_weight,
             }
-            with open(os.path.join(run_dir, "param.json"), "w") as f:
-                json.dump(params, f, indent=2)
+            from film.common.safeio import atomic_write_bytes
+
+            atomic_write_bytes(os.path.join(run_dir, "param.json"), json.dumps(params, indent=2).encode())
             copy_code(run_dir, cfg.backend)
     log = RunLog(run_dir) if main else None
     per_epoch = len(data) // cfg.batch_size
