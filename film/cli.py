@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train FILM with the official recipe in either backend")
     t.add_argument("--backend", default="torch", help="torch (default) or jittor")
-    t.add_argument("--h5", required=True, help="training H5 made by film prepare")
+    t.add_argument("--h5", help="training H5 made by film prepare (with --resume: taken from the run)")
     t.add_argument("--epochs", type=int, default=None, help="default 150 (official)")
     t.add_argument("--batch-size", type=int, default=None, help="default 2 (official)")
     t.add_argument("--lr", type=float, default=None, help="default 1e-5 (official)")

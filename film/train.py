@@ -32,6 +32,15 @@ def run_train(args) -> int:
             raise FilmError(f"--{name.replace('_', '-')} must be at least 1")
     if args.lr is not None and not args.lr > 0:
         raise FilmError("--lr must be positive")
+    if not args.h5 and args.resume:  # a resumed run reads the H5 it was started with
+        import json
+        import os
+
+        try:
+            with open(os.path.join(args.resume, "param.json")) as f:
+                args.h5 = json.load(f).get("h5")
+        except (OSError, ValueError) as e:
+            raise FilmError(f"{args.resume}: not a run folder (param.json missing or unreadable: {e})") from None
     if not args.h5:
         raise FilmError("--h5 TRAIN.h5 is required")
     cfg = TrainConfig(

@@ -857,3 +857,18 @@ def test_fuse_fast_mode(capsys, tmp_path, pairs, weights):
     for n in ("p1", "p2"):
         x, y = (cv2.imread(str(tmp_path / m / "Gray" / f"{n}.png"), cv2.IMREAD_UNCHANGED).astype(int) for m in ("plain", "fast"))
         assert np.abs(x - y).max() <= 1
+
+
+def test_train_resume_reads_h5_from_run(capsys, tmp_path, tb):
+    """`film train --resume RUN` alone: the H5 and the recipe come from the run's param.json."""
+    h5 = str(_train_h5(tmp_path / "d.h5", names=("s0", "s1")))
+    code, msg = run(capsys, "train", "--backend", "torch", "--h5", h5, "--epochs", "2", "--max-steps", "1",
+                    "--device", "cpu", "--out", str(tmp_path / "exp"))
+    assert code == 0, msg
+    (run_dir,) = [os.path.join(tmp_path, "exp", d) for d in os.listdir(tmp_path / "exp")]
+    assert os.listdir(os.path.join(run_dir, "model")) == ["ckpt_1.pth"]
+    code, msg = run(capsys, "train", "--backend", "torch", "--resume", run_dir, "--device", "cpu")
+    assert code == 0, msg
+    assert sorted(os.listdir(os.path.join(run_dir, "model"))) == ["ckpt_1.pth", "ckpt_2.pth"]
+    assert "[Epoch 2/2]" in open(os.path.join(run_dir, "log.txt")).read()
+    fails(capsys, "train", "--backend", "torch", "--resume", str(tmp_path), "--device", "cpu", match="not a run folder")
