@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from film.common.init import random_state_dict
 from film.common.resize import nearest_index, resize_nearest_np
 
 ATOL = 1e-5
@@ -125,3 +126,22 @@ def test_jittor_conv_fast_paths_match_torch_conv(tb, jb, rng):
     wd = rng.standard_normal((24, 1, 3, 3)).astype(np.float32)
     ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(wd), padding=1, groups=24).numpy()
     close(jops.depthwise3x3(jt.array(x), jt.array(wd), None).numpy(), ref, 1e-5, "depthwise3x3")
+
+
+def test_torch_caches_survive_inference_then_training(tb):
+    """A fused (inference-mode) run first, then a training step in the same process: cached index maps
+    must not be inference tensors (autograd refuses to save those for backward)."""
+    import torch
+
+    from film.backends.torch import ops as tops
+    from film.common.spec import TINY
+
+    tops._index_cache.clear()
+    model = tb.build_model(TINY, random_state_dict(TINY, seed=0), "cpu")
+    a = np.random.default_rng(0).random((1, 1, 9, 11), dtype=np.float32)
+    t = np.random.default_rng(1).standard_normal((1, 5, TINY.text_dim)).astype(np.float32)
+    tb.forward_numpy(model, a, a, t)
+    model.train()
+    out = model(*(torch.from_numpy(x) for x in (a, a, t)))
+    out.mean().backward()
+    assert all(p.grad is not None for p in model.parameters())

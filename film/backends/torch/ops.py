@@ -14,7 +14,10 @@ def _index(in_size: int, out_size: int, device: torch.device) -> torch.Tensor:
     key = (in_size, out_size, str(device))
     idx = _index_cache.get(key)
     if idx is None:
-        idx = torch.from_numpy(nearest_index(in_size, out_size)).to(device)
+        # made outside inference mode: a map first built by a fused (inference) run is reused by training,
+        # and autograd refuses to save inference tensors for backward
+        with torch.inference_mode(False):
+            idx = torch.from_numpy(nearest_index(in_size, out_size)).to(device)
         _index_cache[key] = idx
     return idx
 

@@ -27,9 +27,8 @@ class loss_ops:
         key = (k.tobytes(), k.shape, x.device, x.dtype)
         w = cls._kernels.get(key)
         if w is None:
-            w = cls._kernels[key] = torch.from_numpy(np.ascontiguousarray(k)).to(x.device, x.dtype)[
-                None, None
-            ]
+            with torch.inference_mode(False):  # cached across inference and training (see ops._index)
+                w = cls._kernels[key] = torch.from_numpy(np.ascontiguousarray(k)).to(x.device, x.dtype)[None, None]
         return F.conv2d(x, w, padding=k.shape[-1] // 2)
 
     abs = staticmethod(torch.abs)
