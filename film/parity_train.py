@@ -1,10 +1,10 @@
 """``film parity --train``: both backends' training step on the same weights and batches.
 
 Reports the loss (relative difference), every parameter's gradient (max |diff| / max |grad|, next to
-torch's own float32 error against a float64 run) and the parameters after a few Adam steps with the
-official schedule. Tolerances and their reasons are the ones of tests/test_parity_train.py
-(docs/parity.md): the scalar PReLU gradients cancel heavily in float32, and the key bias of each
-cross-attention has an identically zero gradient, on which Adam takes sign(rounding noise) * lr steps."""
+each backend's own float32 error against a float64 run) and the parameters after a few Adam steps with
+the official schedule. Why the tolerances are what they are (docs/training.md): long float32 reductions
+leave both backends up to ~1e-3 from float64 on some gradients, and Adam turns rounding-level gradient
+elements into lr-sized steps of either sign."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from film.errors import FilmError
 LOSS_RTOL = 1e-6
 GRAD_RTOL = 1e-4
 PARAM_ATOL = 1e-5
+SIGN_NOISE_FRACTION = 1e-3
+ACCURACY_FACTOR = 10.0
 
 
 def batches(h5: str, batch_size: int, seed: int, n: int) -> list:
@@ -66,7 +68,8 @@ def run_train_parity(state_dict, h5: str, steps: int = 3, lr: float | None = Non
         scale = max(float(np.abs(g64.get(k, gt[k])).max()), 1e-12)
         rel = float(np.abs(gt[k] - gj[k]).max()) / scale
         own = float(np.abs(gt[k] - g64[k]).max()) / scale if g64 else 0.0
-        grads.append((k, rel, own))
+        own_j = float(np.abs(gj[k] - g64[k]).max()) / scale if g64 else 0.0
+        grads.append((k, rel, own, own_j))
     losses = []
     for tr in trainers.values():
         tr.set_lr(lr_at(TrainConfig(h5="", lr=cfg.lr, step_size=cfg.step_size, gamma=cfg.gamma), 0))
@@ -81,33 +84,45 @@ def run_train_parity(state_dict, h5: str, steps: int = 3, lr: float | None = Non
         if k.endswith("in_proj_bias"):
             key_bias = float(d[e : 2 * e].max())
             d = np.concatenate([d[:e], d[2 * e :]])
-        params.append((k, float(d.max()), key_bias))
+        params.append((k, float(d.max()), key_bias, int((d > PARAM_ATOL).sum()), int(d.size)))
     return {"loss": (lt, lj), "grads": grads, "step_losses": losses, "params": params, "lr": cfg.lr,
             "steps": steps, "reference": bool(g64)}
 
 
 def format_train_report(r: dict) -> tuple[str, bool]:
+    """Adam's first steps move every element by about lr * sign(gradient); where a gradient element is at
+    rounding-noise level the two backends may step in opposite directions (up to 2 x lr per step). So
+    after the steps an element passes within PARAM_ATOL, and at most SIGN_NOISE_FRACTION of all elements
+    may sit in that sign-noise envelope (<= 2 x lr x steps) instead."""
     lt, lj = r["loss"]
     loss_rel = abs(lt - lj) / max(abs(lt), 1e-30)
     lines = [f"loss on the first batch: torch {lt:.9g}  jittor {lj:.9g}  rel diff {loss_rel:.2e} (<= {LOSS_RTOL:g})"]
     grads = sorted(r["grads"], key=lambda x: -x[1])
-    bad_g = [g for g in grads if g[1] > GRAD_RTOL + 3 * g[2]]
+    # strict 1e-4, or (with the float64 run) Jittor as accurate as float32 allows: its own error within
+    # ACCURACY_FACTOR x torch's own. Long float32 reductions (the cross-attention over 13,824 tokens, the
+    # scalar PReLU weights) leave both backends 1e-3 from float64 on some parameters (docs/training.md).
+    bad_g = {g[0] for g in grads if g[1] > GRAD_RTOL and (not r["reference"] or g[3] > max(GRAD_RTOL, ACCURACY_FACTOR * g[2]))}
     n_strict = sum(g[1] <= GRAD_RTOL for g in grads)
-    lines.append(f"gradients: {n_strict}/{len(grads)} parameters within {GRAD_RTOL:g} (max|diff| / max|grad|); worst:")
-    lines.append(f"  {'parameter':60s} {'rel':>9s} {'torch-f64':>9s}")
-    for k, rel, own in grads[:8]:
-        flag = "  <-- above tolerance" if (k, rel, own) in bad_g else ""
-        lines.append(f"  {k:60s} {rel:9.2e} {own:9.2e}{flag}")
+    lines.append(f"gradients: {n_strict}/{len(grads)} parameters within {GRAD_RTOL:g} (max|diff| / max|grad|); worst "
+                 f"(else: Jittor's own error vs float64 <= max({GRAD_RTOL:g}, {ACCURACY_FACTOR:g} x torch's own)):")
+    lines.append(f"  {'parameter':60s} {'rel':>9s} {'torch-f64':>9s} {'jittor-f64':>10s}")
+    for k, rel, own, own_j in grads[:8]:
+        flag = "  <-- above tolerance" if k in bad_g else ""
+        lines.append(f"  {k:60s} {rel:9.2e} {own:9.2e} {own_j:10.2e}{flag}")
     lines.append(f"after {r['steps']} Adam step(s) (lr {r['lr']:g}, StepLR {OFFICIAL_RECIPE.step_size}/{OFFICIAL_RECIPE.gamma}):")
     for i, (a, b) in enumerate(r["step_losses"]):
         lines.append(f"  step {i + 1}: loss torch {a:.9g}  jittor {b:.9g}  rel diff {abs(a - b) / max(abs(a), 1e-30):.2e}")
-    allowance = 2 * r["lr"] * r["steps"]
+    envelope = 2 * r["lr"] * r["steps"]
     params = sorted(r["params"], key=lambda x: -x[1])
-    bad_p = [p for p in params if p[1] > PARAM_ATOL or p[2] > allowance]
-    lines.append(f"  parameters: worst max_abs {params[0][1]:.2e} ({params[0][0]}), tolerance {PARAM_ATOL:g}; "
-                 f"key biases (zero gradient) within {allowance:.1e}: {'yes' if not any(p[2] > allowance for p in params) else 'no'}")
-    for k, d, _kb in bad_p[:8]:
-        lines.append(f"  {k:60s} {d:9.2e}  <-- above tolerance")
-    ok = loss_rel <= LOSS_RTOL and not bad_g and not bad_p
+    n_out = sum(p[3] for p in params)
+    n_all = sum(p[4] for p in params)
+    beyond = [p for p in params if p[1] > envelope or p[2] > envelope]
+    frac = n_out / max(n_all, 1)
+    lines.append(f"  parameters: worst max_abs {params[0][1]:.2e} ({params[0][0]}); {n_out} of {n_all} elements "
+                 f"({frac:.1e}) beyond {PARAM_ATOL:g}, all within the Adam sign-noise envelope {envelope:.1e}: "
+                 f"{'yes' if not beyond else 'no'} (allowed fraction {SIGN_NOISE_FRACTION:g})")
+    for k, d, kb, _n, _size in beyond[:8]:
+        lines.append(f"  {k:60s} {max(d, kb):9.2e}  <-- beyond the envelope")
+    ok = loss_rel <= LOSS_RTOL and not bad_g and not beyond and frac <= SIGN_NOISE_FRACTION
     lines.append("training parity: " + ("OK" if ok else "FAIL"))
     return "\n".join(lines), ok
