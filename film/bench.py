@@ -241,6 +241,11 @@ def bench_metrics(repeats: int = 3) -> dict:
 MEMORY_SIZES = ["256x256", "512x512", "768x768"]
 
 
+def _peak_mb(r: dict) -> float:
+    """Peak GPU memory on CUDA, peak resident memory of the case's process on CPU."""
+    return r["peak_gpu_mb"] if r["peak_gpu_mb"] is not None else r["peak_rss_mb"]
+
+
 def memory_fit(rows: list[dict]) -> dict:
     """Least-squares line peak_memory = fixed + per_pixel * pixels, per implementation."""
     fits = {}
@@ -249,7 +254,7 @@ def memory_fit(rows: list[dict]) -> dict:
         if len(pts) < 2:
             continue
         px = np.array([np.prod([int(v) for v in r["size"].split("x")]) for r in pts], dtype=np.float64)
-        mb = np.array([r["peak_gpu_mb"] if r["peak_gpu_mb"] is not None else r["peak_rss_mb"] for r in pts])
+        mb = np.array([_peak_mb(r) for r in pts])
         slope, fixed = np.polyfit(px, mb * 2**20, 1)
         fits[impl] = {"bytes_per_pixel": float(slope), "mb_per_megapixel": float(slope * 1e6 / 2**20),
                       "fixed_mb": float(fixed / 2**20), "sizes": [r["size"] for r in pts]}
@@ -262,7 +267,8 @@ def run_bench(args) -> int:
         from film.backends.jittor.runtime import has_nvidia_gpu
 
         device = "cuda" if has_nvidia_gpu() else "cpu"
-    if getattr(args, "memory", False):
+    memory = bool(getattr(args, "memory", False))
+    if memory:
         args.sizes = args.sizes or MEMORY_SIZES
         args.repeats, args.warmup = 1, 0
     sizes = [_parse_size(s) for s in (args.sizes or DEFAULT_SIZES[device])]
@@ -289,14 +295,14 @@ def run_bench(args) -> int:
                     r["speedup_vs_official_style"] = b["median_s"] / r["median_s"]
             for r in results[group]:
                 r.pop("_npy", None)
-    if getattr(args, "memory", False):
+    if memory:
         results["memory_fit"] = memory_fit(results["inference"])
         results["note"] = ("film bench --memory: one cold run per case (no warm-up); the timings are not a "
                            "benchmark, only peak memory is (a fresh process per case).")
     if args.metrics:
         results["metrics"] = bench_metrics()
     print(format_results(results))
-    kind = "_memory" if getattr(args, "memory", False) else ""
+    kind = "_memory" if memory else ""
     out = args.output or os.path.join(
         _repo_root() or ".", "benchmarks", "results", f"{time.strftime('%Y-%m-%d')}_{device}{kind}.json"
     )
@@ -315,7 +321,7 @@ def format_results(res: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for group, label in (("inference", "inference"), ("train_step", "train step (bs 2)")):
         for r in res[group]:
-            peak = r["peak_gpu_mb"] if r["peak_gpu_mb"] is not None else r["peak_rss_mb"]
+            peak = _peak_mb(r)
             sp = r.get("speedup_vs_official_style")
             d = r.get("max_abs_vs_official_style")
             lines.append(f"| {label} | {r['size']} | {r['impl']} | {r['median_s']:.3f} | "

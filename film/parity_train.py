@@ -8,8 +8,6 @@ elements into lr-sized steps of either sign."""
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 
 from film.common.data import H5Pairs
@@ -43,9 +41,7 @@ def run_train_parity(state_dict, h5: str, steps: int = 3, lr: float | None = Non
                      seed: int = 0, device: str = "cpu", model_cfg=OFFICIAL, reference: bool = True) -> dict:
     from film.train import make_trainer
 
-    cfg = types.SimpleNamespace(lr=lr or OFFICIAL_RECIPE.lr, step_size=OFFICIAL_RECIPE.step_size,
-                                gamma=OFFICIAL_RECIPE.gamma, seed=seed, grad_weight=OFFICIAL_RECIPE.coeff_grad,
-                                ssim_weight=OFFICIAL_RECIPE.ssim_weight)
+    cfg = TrainConfig(h5=h5, lr=lr or OFFICIAL_RECIPE.lr, seed=seed)  # the official recipe otherwise
     data = batches(h5, batch_size, seed, steps)
     if state_dict is None:
         from film.common.init import random_state_dict
@@ -72,7 +68,7 @@ def run_train_parity(state_dict, h5: str, steps: int = 3, lr: float | None = Non
         grads.append((k, rel, own, own_j))
     losses = []
     for tr in trainers.values():
-        tr.set_lr(lr_at(TrainConfig(h5="", lr=cfg.lr, step_size=cfg.step_size, gamma=cfg.gamma), 0))
+        tr.set_lr(lr_at(cfg, 0))
     for a, b, t in data:  # the official StepLR moves per 50 epochs: constant over these steps
         losses.append(tuple(tr.step(a, b, t, cfg)[0] for tr in trainers.values()))
     pt, pj = trainers["torch"].params_numpy(), trainers["jittor"].params_numpy()

@@ -236,23 +236,8 @@ def test_fuse_end_to_end_torch(capsys, tmp_path, pairs, weights):
 
 def test_fuse_unknown_backend(capsys, tmp_path, pairs, weights):
     root, text = pairs
-    fails(
-        capsys,
-        "fuse",
-        "--checkpoint",
-        str(weights),
-        "--backend",
-        "tensorflow",
-        "--a",
-        str(root / "ir"),
-        "--b",
-        str(root / "vi"),
-        "--text",
-        str(text),
-        "-o",
-        str(tmp_path / "o"),
-        match="unknown backend",
-    )
+    fails(capsys, *_fuse_argv(weights, root / "ir", root / "vi", text, tmp_path / "o", "--backend", "tensorflow"),
+          match="unknown backend")
     assert not (tmp_path / "o").exists()
 
 
@@ -264,23 +249,8 @@ def test_fuse_backend_not_installed(capsys, tmp_path, pairs, weights, monkeypatc
     monkeypatch.setitem(sys.modules, "jittor", None)  # as if not installed
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "jittor" else real(n, *a))
     root, text = pairs
-    fails(
-        capsys,
-        "fuse",
-        "--checkpoint",
-        str(weights),
-        "--backend",
-        "jittor",
-        "--a",
-        str(root / "ir"),
-        "--b",
-        str(root / "vi"),
-        "--text",
-        str(text),
-        "-o",
-        str(tmp_path / "o"),
-        match="pip install",
-    )
+    fails(capsys, *_fuse_argv(weights, root / "ir", root / "vi", text, tmp_path / "o", "--backend", "jittor"),
+          match="pip install")
 
 
 def _fuse_argv(weights, a, b, text, out, *extra) -> list[str]:
@@ -542,23 +512,15 @@ def vlf(tmp_path, pairs):
     return tmp_path / "vlf", img
 
 
+def _prepare_vlf_argv(root, out, *extra) -> list[str]:
+    """film prepare on the Mini IVF dataset of the ``vlf`` fixture, train split."""
+    return ["prepare", "--vlf", str(root), "--task", "IVF", "--dataset", "Mini", "--split", "train",
+            *extra, "-o", str(out)]
+
+
 def test_prepare_and_official_reader_layout(capsys, tmp_path, vlf):
     root, _ = vlf
-    code, msg = run(
-        capsys,
-        "prepare",
-        "--vlf",
-        str(root),
-        "--task",
-        "IVF",
-        "--dataset",
-        "Mini",
-        "--split",
-        "train",
-        "--small",
-        "-o",
-        str(tmp_path / "h5"),
-    )
+    code, msg = run(capsys, *_prepare_vlf_argv(root, tmp_path / "h5", "--small"))
     assert code == 0, msg
     with h5py.File(tmp_path / "h5" / "Mini_train.h5") as f:
         assert list(f.keys()) == ["imageA", "imageB", "text"]
@@ -583,21 +545,7 @@ def test_prepare_problems_leave_nothing(capsys, tmp_path, vlf, breakage, match):
     root, img = vlf
     breakage(img, root / "TextFeature" / "IVF" / "Mini")
     out = tmp_path / "h5"
-    fails(
-        capsys,
-        "prepare",
-        "--vlf",
-        str(root),
-        "--task",
-        "IVF",
-        "--dataset",
-        "Mini",
-        "--split",
-        "train",
-        "-o",
-        str(out),
-        match=match,
-    )
+    fails(capsys, *_prepare_vlf_argv(root, out), match=match)
     assert files_under(out) == []
 
 

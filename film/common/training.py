@@ -7,6 +7,7 @@ build, optimizer, one step, save/load. Both backends therefore see the same batc
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import math
@@ -21,7 +22,7 @@ import numpy as np
 
 from film.common.data import H5Pairs
 from film.common.images import write_png
-from film.common.spec import OFFICIAL_RECIPE
+from film.common.spec import CHECKPOINT_KEYS, OFFICIAL_RECIPE
 from film.errors import FilmError
 
 
@@ -49,13 +50,18 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr * cfg.gamma ** (epoch // cfg.step_size)
 
 
+def epoch_size(n: int, batch_size: int, drop_last: bool = True) -> int:
+    """How many of ``n`` samples one epoch uses (drop_last drops the incomplete last batch)."""
+    return (n // batch_size) * batch_size if drop_last else n
+
+
 def epoch_batches(
     n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True, drop_last: bool = True
 ) -> list[np.ndarray]:
     """The sample indices of every batch of one epoch: a permutation from (seed, epoch), so a resumed
     run and the other backend see exactly the same order."""
     order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    stop = (n // batch_size) * batch_size if drop_last else n
+    stop = epoch_size(n, batch_size, drop_last)
     return [order[i : i + batch_size] for i in range(0, stop, batch_size)]
 
 
@@ -84,6 +90,47 @@ def run_name(cfg: TrainConfig) -> str:
     ts = time.strftime("%y_%m_%d_%H_%M", time.localtime())
     g = int(cfg.grad_weight) if float(cfg.grad_weight).is_integer() else cfg.grad_weight
     return f"{ts}_epochs_{cfg.epochs}_lr_{cfg.lr}_stepsize_{cfg.step_size}_bs_{cfg.batch_size}_gradweight_{g}_gamma_{cfg.gamma}"
+
+
+@contextlib.contextmanager
+def resume_state_errors(path: str):
+    """Malformed optimizer/scheduler state in a checkpoint -> one FilmError naming the file."""
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+        raise FilmError(
+            f"{path}: optimizer/scheduler state unreadable ({type(e).__name__}: {e}); "
+            "start a new run with --init instead"
+        ) from None
+
+
+def resume_checkpoint(ck: object, path: str, model_cfg, to_numpy=lambda v: v) -> tuple[dict, TrainConfig]:
+    """The validated weights of a training checkpoint (the official dict layout, either backend) and the
+    recipe its scheduler was built with (lr, StepLR step size and gamma). ``to_numpy`` converts the
+    backend's tensors."""
+    from film.common.checkpoint import unwrap, validate
+
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ck, dict) or ck.get(k) is None]
+    if missing:
+        raise FilmError(f"{path}: not a resumable training checkpoint (missing {', '.join(missing)})")
+    if not isinstance(ck["model"], dict):
+        raise FilmError(f"{path}: 'model' is a {type(ck['model']).__name__}, not a state dict")
+    sd, _ = unwrap({"model": {k: to_numpy(v) for k, v in ck["model"].items()}}, path)
+    validate(sd, model_cfg, path)
+    with resume_state_errors(path):
+        sched = ck["lr_schedule1"]
+        if "base_lrs" in sched:
+            lr = sched["base_lrs"][0]
+        else:
+            group = ck["optimizer1"]["param_groups"][0]
+            lr = group.get("initial_lr", group["lr"])
+        recipe = TrainConfig(
+            h5="",
+            lr=float(lr),
+            step_size=int(sched.get("step_size", OFFICIAL_RECIPE.step_size)),
+            gamma=float(sched.get("gamma", OFFICIAL_RECIPE.gamma)),
+        )
+    return sd, recipe
 
 
 def latest_checkpoint(run_dir: str, ext: str) -> tuple[str, int] | None:
@@ -164,7 +211,7 @@ def train(cfg: TrainConfig, trainer) -> str:
     if cfg.batch_size % world:
         raise FilmError(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes")
     data = H5Pairs(cfg.h5)
-    sizes = data.check(getattr(getattr(trainer, "model_cfg", None), "text_dim", None))
+    sizes = data.check(trainer.model_cfg.text_dim)
     if cfg.batch_size > 1 and len(set(sizes.values())) > 1:
         raise FilmError(
             f"{cfg.h5}: samples of {len(set(sizes.values()))} different sizes cannot be batched by {cfg.batch_size}: "

@@ -8,7 +8,7 @@ from __future__ import annotations
 from jittor.dataset import Dataset
 
 from film.common.data import H5Pairs
-from film.common.training import epoch_order
+from film.common.training import epoch_order, epoch_size
 
 
 class _EpochSampler:
@@ -20,8 +20,7 @@ class _EpochSampler:
         return iter(epoch_order(len(d.pairs), d.batch_size, d.seed, d.epoch, d.order_shuffle, d.drop_last))
 
     def __len__(self) -> int:
-        d = self.ds
-        return (len(d.pairs) // d.batch_size) * d.batch_size if d.drop_last else len(d.pairs)
+        return epoch_size(len(self.ds.pairs), self.ds.batch_size, self.ds.drop_last)
 
 
 class H5Dataset(Dataset):

@@ -9,10 +9,10 @@ import numpy as np
 
 from film.backends.jittor.backend import build_model, resolve_device
 from film.common import loss as L
-from film.common.checkpoint import load_checkpoint, unwrap, validate
+from film.common.checkpoint import load_checkpoint
 from film.common.safeio import read_jittor_pkl, write_jittor_pkl
 from film.common.spec import OFFICIAL, OFFICIAL_RECIPE, param_schema
-from film.errors import FilmError
+from film.common.training import resume_checkpoint, resume_state_errors
 
 
 class loss_ops:
@@ -161,39 +161,18 @@ class Trainer:
             },
         )
 
-    def _resume_state(self, ck: dict, sd: dict) -> None:
-        sched = ck["lr_schedule1"]
-
-        class P:
-            lr = sched["base_lrs"][0]
-            step_size = sched["step_size"]
-            gamma = sched["gamma"]
-            seed = 0
-
-        self._build(P, sd)
-        opt = ck["optimizer1"]
-        pg = self.opt.param_groups[0]
-        for i, (m, v) in enumerate(zip(pg["m"], pg["values"])):
-            for var, key in ((m, "exp_avg"), (v, "exp_avg_sq")):
-                arr = np.asarray(opt["state"][i][key], dtype=np.float32)
-                if arr.shape != tuple(var.shape):  # Jittor's update would not complain
-                    raise ValueError(f"state {i} {key} has shape {arr.shape}, expected {tuple(var.shape)}")
-                var.update(jt.array(arr))
-        self.opt.n_step = int(float(opt["state"][0]["step"]))
-
     def load_resume(self, path: str) -> dict:
         ck = read_jittor_pkl(path)
-        if not isinstance(ck, dict) or any(
-            ck.get(k) is None for k in ("model", "optimizer1", "lr_schedule1", "epoch", "step")
-        ):
-            raise FilmError(f"{path}: not a resumable training checkpoint")
-        sd, _ = unwrap({"model": ck["model"]}, path)
-        validate(sd, self.model_cfg, path)
-        try:
-            self._resume_state(ck, sd)
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
-            raise FilmError(
-                f"{path}: optimizer/scheduler state unreadable ({type(e).__name__}: {e}); "
-                "start a new run with --init instead"
-            ) from None
+        sd, recipe = resume_checkpoint(ck, path, self.model_cfg)
+        with resume_state_errors(path):
+            self._build(recipe, sd)
+            opt = ck["optimizer1"]
+            pg = self.opt.param_groups[0]
+            for i, (m, v) in enumerate(zip(pg["m"], pg["values"])):
+                for var, key in ((m, "exp_avg"), (v, "exp_avg_sq")):
+                    arr = np.asarray(opt["state"][i][key], dtype=np.float32)
+                    if arr.shape != tuple(var.shape):  # Jittor's update would not complain
+                        raise ValueError(f"state {i} {key} has shape {arr.shape}, expected {tuple(var.shape)}")
+                    var.update(jt.array(arr))
+            self.opt.n_step = int(float(opt["state"][0]["step"]))
         return {"epoch": int(ck["epoch"]), "step": int(ck["step"])}

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from film.common.data import H5Pairs
-from film.common.training import epoch_order
+from film.common.training import epoch_order, epoch_size
 
 
 class H5Dataset(Dataset):
@@ -38,7 +38,7 @@ class EpochSampler(Sampler):
         return iter(epoch_order(self.n, self.batch_size, self.seed, self.epoch, self.shuffle, self.drop_last))
 
     def __len__(self) -> int:
-        return (self.n // self.batch_size) * self.batch_size if self.drop_last else self.n
+        return epoch_size(self.n, self.batch_size, self.drop_last)
 
 
 def make_loader(

@@ -14,6 +14,7 @@ from film.common import loss as L
 from film.common.checkpoint import load_checkpoint
 from film.common.safeio import atomic_path
 from film.common.spec import DATAPARALLEL_PREFIX, OFFICIAL, OFFICIAL_RECIPE
+from film.common.training import resume_checkpoint, resume_state_errors
 from film.errors import FilmError
 
 
@@ -168,32 +169,14 @@ class Trainer:
             raise FilmError(
                 f"{path}: cannot resume from this checkpoint ({str(e).splitlines()[0][:200]})"
             ) from None
-        missing = [k for k in ("model", "optimizer1", "lr_schedule1", "epoch", "step") if ck.get(k) is None]
-        if missing:
-            raise FilmError(f"{path}: not a resumable training checkpoint (missing {', '.join(missing)})")
-        from film.common.checkpoint import unwrap, validate
-
-        sd, _ = unwrap({"model": {k: v.numpy() for k, v in ck["model"].items()}}, path)
-        validate(sd, self.model_cfg, path)
-        try:
-            self._build(_ParamsFromState(ck), sd)
+        sd, recipe = resume_checkpoint(
+            ck, path, self.model_cfg, to_numpy=lambda v: v.numpy() if isinstance(v, torch.Tensor) else v
+        )
+        with resume_state_errors(path):
+            self._build(recipe, sd)
             self.opt.load_state_dict(ck["optimizer1"])
             self.sched.load_state_dict(ck["lr_schedule1"])
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
-            raise FilmError(
-                f"{path}: optimizer/scheduler state unreadable ({type(e).__name__}: {e}); "
-                "start a new run with --init instead"
-            ) from None
         return {"epoch": int(ck["epoch"]), "step": int(ck["step"])}
-
-
-class _ParamsFromState:
-    def __init__(self, ck):
-        g = ck["optimizer1"]["param_groups"][0]
-        self.lr = g.get("initial_lr", g["lr"])
-        self.step_size = ck["lr_schedule1"].get("step_size", 50)
-        self.gamma = ck["lr_schedule1"].get("gamma", 0.6)
-        self.seed = 0
 
 
 def state_dict_numpy(model) -> OrderedDict:
@@ -206,4 +189,4 @@ def grads_numpy(model) -> dict:
     }
 
 
-__all__ = ["Trainer", "compute_loss", "loss_ops", "os"]
+__all__ = ["Trainer", "compute_loss", "loss_ops"]
