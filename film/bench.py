@@ -3,7 +3,9 @@
 Each (implementation, size) runs in its own child process so that peak memory (ru_maxrss on CPU,
 max_memory_allocated on CUDA) belongs to that case alone. Implementations:
   official-style  the eager forward written as the official network computes (torch; the baseline)
-  torch           the torch backend as shipped
+  torch           the torch backend as shipped (film fuse's default layout on that device; film train's NCHW)
+  torch-nchw      the torch backend with the official NCHW kernel order (``--no-fast``)
+  torch-nhwc      the torch backend in channels_last (``--fast``)
   jittor          the Jittor backend
 Results: benchmarks/results/<date>_<device>.json (machine, versions, date) and a Markdown table.
 """
@@ -23,6 +25,8 @@ import numpy as np
 
 from film.errors import FilmError
 
+TORCH_IMPLS = ("official-style", "torch", "torch-nchw", "torch-nhwc")
+ALIASES = {"torch-fast": "torch-nhwc"}
 DEFAULT_SIZES = {"cpu": ["288x384", "480x640"], "cuda": ["288x384", "480x640", "768x1024"]}
 
 
@@ -54,18 +58,20 @@ def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, 
     a, b, t = _inputs(h, w, 2 if train else 1)
     times: list[float] = []
     peak_gpu = None
-    if impl in ("official-style", "torch", "torch-fast"):
+    layout = None
+    if impl in TORCH_IMPLS:
         import torch
 
-        from film.backends.torch.backend import build_model, set_deterministic
+        from film.backends.torch.backend import build_model, fast_default, set_deterministic, set_fast
 
         set_deterministic()
         model = build_model(state_dict=sd, device=device)
         dev = next(model.parameters()).device
         xa, xb, xt = (torch.from_numpy(x).to(dev) for x in (a, b, t))
-        if impl == "torch-fast":
-            from film.backends.torch.backend import set_fast
-
+        # "torch" is the backend as shipped: film fuse's default layout for the device; film train's NCHW
+        fast = impl == "torch-nhwc" or (impl == "torch" and not train and fast_default(dev))
+        layout = "nhwc" if fast else "nchw"
+        if fast:
             set_fast(model)
             xa, xb = (x.contiguous(memory_format=torch.channels_last) for x in (xa, xb))
         if impl == "official-style":
@@ -147,7 +153,7 @@ def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, 
     if out_npy:
         np.save(out_npy, result)
     return {
-        "impl": impl, "size": f"{h}x{w}", "train": train, "median_s": statistics.median(times), "times_s": times,
+        "impl": impl, "layout": layout, "size": f"{h}x{w}", "train": train, "median_s": statistics.median(times), "times_s": times,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gpu_mb": None if peak_gpu is None else peak_gpu / 2**20, "versions": versions,
     }
@@ -272,9 +278,16 @@ def run_bench(args) -> int:
         args.sizes = args.sizes or MEMORY_SIZES
         args.repeats, args.warmup = 1, 0
     sizes = [_parse_size(s) for s in (args.sizes or DEFAULT_SIZES[device])]
-    impls = ["official-style", "torch", "torch-fast", "jittor"]
+    from film.backends.torch.backend import fast_default
+
+    other = "torch-nchw" if fast_default(device) else "torch-nhwc"  # the layout "torch" does not ship on device
+    impls = ["official-style", "torch", other, "jittor"]
     if args.backends:
-        impls = ["official-style"] + [b for b in args.backends.split(",") if b in ("torch", "torch-fast", "jittor")]
+        names = [ALIASES.get(b, b) for b in args.backends.split(",") if b]
+        bad = [b for b in names if b not in TORCH_IMPLS + ("jittor",) or b == "official-style"]
+        if bad:
+            raise FilmError(f"--backends: unknown {', '.join(bad)} (choose from torch, torch-nchw, torch-nhwc, jittor)")
+        impls = ["official-style"] + list(dict.fromkeys(names))
     results = {"machine": machine_info(device), "inference": [], "train_step": [], "metrics": None}
     from tqdm import tqdm
 
@@ -314,6 +327,10 @@ def run_bench(args) -> int:
     return 0
 
 
+def _impl_label(r: dict) -> str:
+    return f"torch ({r['layout']})" if r["impl"] == "torch" and r.get("layout") else r["impl"]
+
+
 def format_results(res: dict) -> str:
     m = res["machine"]
     lines = [f"device: {m['device']} ({m.get('gpu') or m.get('cpu', '')}), {m['cpus']} CPUs, {m['date']}", "",
@@ -324,7 +341,7 @@ def format_results(res: dict) -> str:
             peak = _peak_mb(r)
             sp = r.get("speedup_vs_official_style")
             d = r.get("max_abs_vs_official_style")
-            lines.append(f"| {label} | {r['size']} | {r['impl']} | {r['median_s']:.3f} | "
+            lines.append(f"| {label} | {r['size']} | {_impl_label(r)} | {r['median_s']:.3f} | "
                          f"{'' if sp is None else f'{sp:.2f}x'} | {peak:.0f} | {'' if d is None else f'{d:.1e}'} |")
     for impl, f in (res.get("memory_fit") or {}).items():
         lines.append(f"\npeak memory {impl}: {f['mb_per_megapixel']:.0f} MB per megapixel + {f['fixed_mb']:.0f} MB "

@@ -38,6 +38,16 @@ def cmd_convert(args) -> int:
 # --------------------------------------------------------------------------- parity
 
 
+def _add_fast(parser) -> None:
+    parser.add_argument(
+        "--fast",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch: channels_last convolutions, 1.5-1.8x on CPU, 4-8e-6 from the official kernels' output "
+        "(default: on for CPU, off for CUDA); --no-fast runs the official NCHW kernel order",
+    )
+
+
 def cmd_parity(args) -> int:
     from film.api import load_fuser
     from film.common.checkpoint import load_checkpoint
@@ -62,7 +72,7 @@ def cmd_parity(args) -> int:
         return 0 if ok else 1
     fusers = {}
     for name in ("torch", "jittor"):
-        fusers[name] = load_fuser(sd, backend=name, device=args.device)
+        fusers[name] = load_fuser(sd, backend=name, device=args.device, fast=args.fast)
         fusers[name]._impl.set_deterministic()
     inputs = collect_inputs(args.pairs, args.text, fusers["torch"].cfg.text_dim, args.limit)
     ref_model = None
@@ -145,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--text", help="folder of <name>.npy text features; default: seeded synthetic features")
     q.add_argument("--limit", type=int, default=None, help="compare at most this many pairs")
+    _add_fast(q)
     q.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     q.add_argument("--atol", type=float, default=None, help="output tolerance (default 1e-5)")
     q.add_argument(
@@ -190,11 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--batch-size", type=int, default=1, help="pairs per forward pass (same-size pairs are batched)"
     )
-    f.add_argument(
-        "--fast",
-        action="store_true",
-        help="torch: channels_last convolutions (~1.7x on CPU; within 1e-4 of the official kernels, not bit-for-bit)",
-    )
+    _add_fast(f)
     f.set_defaults(func=cmd_fuse)
 
     e = sub.add_parser("eval", help="the twelve metrics of the official Evaluator")
@@ -255,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("bench", help="timings, peak memory and agreement vs an official-style eager forward")
     k.add_argument("--device", default="auto", help="auto, cpu or cuda")
     k.add_argument("--sizes", nargs="+", help="HxW sizes (default: 288x384 480x640, plus 768x1024 on GPU)")
-    k.add_argument("--backends", help="comma list of torch,torch-fast,jittor (default all; official-style always runs)")
+    k.add_argument("--backends", help="comma list of torch (as shipped), torch-nchw, torch-nhwc, jittor "
+        "(default: torch, the layout torch does not ship on the device, jittor; official-style always runs)")
     k.add_argument("--repeats", type=int, default=3, help="timed runs per case (median reported)")
     k.add_argument("--warmup", type=int, default=1, help="untimed runs first (Jittor compiles on its first run)")
     k.add_argument("--train", action="store_true", help="also time a training step at batch size 2")

@@ -136,7 +136,7 @@ def run_fuse(args) -> tuple[int, str]:
         None if args.checkpoint == "random" else args.checkpoint,
         backend=args.backend,
         device=args.device,
-        fast=getattr(args, "fast", False),
+        fast=getattr(args, "fast", None),
     )
     items = collect(args, fuser.cfg.text_dim)
     if not items:

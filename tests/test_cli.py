@@ -752,6 +752,24 @@ def test_parity_train_and_bench_bad_inputs(capsys, tmp_path):
     fails(capsys, "parity", "random", "--train", "--h5", str(tmp_path / "none.h5"), match="no such H5 file")
     fails(capsys, "parity", "random", "--steps", "0", match="--steps must be at least 1")
     fails(capsys, "bench", "--device", "cpu", "--sizes", "12by5", match="expected HxW")
+    fails(capsys, "bench", "--device", "cpu", "--backends", "torch,tensorflow", match="unknown tensorflow")
+
+
+def test_bench_layouts_agree_with_official_style(capsys, tmp_path):
+    """A tiny `film bench`: each torch layout is timed in its own process and compared with the official-style
+    forward (an independent restatement of the official code, film/backends/torch/reference.py)."""
+    import json
+
+    out = tmp_path / "b.json"
+    code, msg = run(capsys, "bench", "--device", "cpu", "--sizes", "24x40", "--backends", "torch,torch-fast,torch-nchw",
+                    "--repeats", "1", "--warmup", "0", "-o", str(out))
+    assert code == 0, msg
+    rows = json.loads(out.read_text())["inference"]
+    assert [(r["impl"], r["layout"]) for r in rows] == [
+        ("official-style", "nchw"), ("torch", "nhwc"), ("torch-nhwc", "nhwc"), ("torch-nchw", "nchw")]
+    for r in rows:
+        assert r["max_abs_vs_official_style"] <= 1e-5, r
+    assert "| torch (nhwc) |" in msg
 
 
 # --------------------------------------------------------------------------- fuse --color
@@ -795,16 +813,25 @@ def test_fuse_color_output(capsys, tmp_path, weights, both_colour):
 
 
 def test_fuse_fast_mode(capsys, tmp_path, pairs, weights):
-    """--fast (channels_last) writes the same files; pixels within one level of the default mode."""
+    """CPU default = --fast (channels_last); --no-fast = official NCHW kernels: same files, pixels within one
+    level; the default is exactly --fast."""
+    from film.api import load_fuser
+
     root, text = pairs
-    for mode in ("plain", "fast"):
-        extra = ["--fast"] if mode == "fast" else []
+    modes = {"default": [], "fast": ["--fast"], "nchw": ["--no-fast"]}
+    for mode, extra in modes.items():
         code, msg = run(capsys, *_fuse_argv(weights, root / "ir", root / "vi", text, tmp_path / mode, *extra))
         assert code == 0, msg
-    assert files_under(tmp_path / "fast") == files_under(tmp_path / "plain") == ["Gray/p1.png", "Gray/p2.png"]
+        assert files_under(tmp_path / mode) == ["Gray/p1.png", "Gray/p2.png"]
     for n in ("p1", "p2"):
-        x, y = (cv2.imread(str(tmp_path / m / "Gray" / f"{n}.png"), cv2.IMREAD_UNCHANGED).astype(int) for m in ("plain", "fast"))
-        assert np.abs(x - y).max() <= 1
+        x, y, z = (cv2.imread(str(tmp_path / m / "Gray" / f"{n}.png"), cv2.IMREAD_UNCHANGED).astype(int) for m in modes)
+        assert np.array_equal(x, y)
+        assert np.abs(x - z).max() <= 1
+    from film.backends.torch.backend import is_fast
+
+    assert is_fast(load_fuser(None, device="cpu").model)
+    assert not is_fast(load_fuser(None, device="cpu", fast=False).model)
+    assert not is_fast(load_fuser(None, backend="torch", device="cpu", fast=False).model)
 
 
 def test_train_resume_reads_h5_from_run(capsys, tmp_path, tb):

@@ -74,11 +74,11 @@ def test_matches_official_network(request, backend, case, weights):
     )
 
 
-# Measured (CPU, 2026-11-25): max |fast - official float32| = 1.0e-5 (tno07_crop), 3.2e-4 (roadscene_07809),
-# 8.8e-5 (lytro01_crop); uint8 98.3 % identical on roadscene. channels_last convolutions round differently, and on images with large flat areas
-# the Restormer attention amplifies any float32 rounding (the official float32 output is itself 1.1e-4 from
-# float64 on roadscene). Hence an opt-in mode with its own, wider tolerance; see docs/parity.md.
-FAST_ATOL = 5e-4
+# Fast mode (channels_last, the CPU default of load_fuser / film fuse). Measured (CPU, 2026-11-25): max
+# |fast - official float32| = 5.7e-6 (tno07_crop), 7.6e-6 (roadscene_07809), 8.4e-6 (lytro01_crop). Before
+# the H*W reductions of the attention were made on contiguous copies it was 3.2e-4 on roadscene: strided
+# float32 norms over 1e5 terms are ~10x less accurate, and this test is what caught it (docs/parity.md).
+FAST_ATOL = 2e-5
 
 
 @pytest.mark.slow
@@ -90,5 +90,5 @@ def test_fast_mode_close_to_official_network(tb, case, weights):
     d = float(np.abs(out - GOLDEN[f"{name}/output"]).max())
     assert d <= FAST_ATOL, f"fast {name}: max_abs={d:.2e} vs official float32"
     u8, ref8 = to_uint8(out), GOLDEN[f"{name}/uint8"]
-    # measured: 98.3 % identical on roadscene, every difference one level
-    assert float((u8 == ref8).mean()) >= 0.98 and int(np.abs(u8.astype(int) - ref8).max()) <= 1
+    # measured: >= 99.96 % identical, every difference one level
+    assert float((u8 == ref8).mean()) >= 0.995 and int(np.abs(u8.astype(int) - ref8).max()) <= 1

@@ -38,13 +38,19 @@ def layer_norm_withbias(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
 ) -> torch.Tensor:
     """Official WithBias_LayerNorm over channels of (B,C,H,W): biased variance, eps inside the sqrt."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        # fast mode: channels are the innermost axis, so the fused F.layer_norm (same formula) runs on an
+        # NHWC view without a copy, 5x faster than mean/var over a strided axis; 1e-7-level rounding change
+        return F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), weight, bias, eps).permute(0, 3, 1, 2)
     mu = x.mean(1, keepdim=True)
     var = x.var(1, keepdim=True, unbiased=False)
     return (x - mu) / torch.sqrt(var + eps) * weight[:, None, None] + bias[:, None, None]
 
 
 def l2_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
-    return F.normalize(x, p=2.0, dim=-1, eps=eps)
+    # contiguous(): no-op in the default layout; under channels_last (fast mode) x is a strided view and the
+    # CPU norm over its 110k-long last axis is ~10x less accurate (measured), which the network amplifies
+    return F.normalize(x.contiguous(), p=2.0, dim=-1, eps=eps)
 
 
 def l1_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -77,7 +83,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.matmul(a, b)
+    return torch.matmul(a, b.contiguous())  # b strided under channels_last: see l2_normalize
 
 
 def mean_keepdim(x: torch.Tensor, dim: int) -> torch.Tensor:
