@@ -234,3 +234,25 @@ def test_backends_load_strictly(tb, jb, sd):
         with pytest.raises(FilmError, match="wrong shape"):
             impl.build_model(state_dict=bad, device="cpu")
     assert len(param_schema()) == 189
+
+
+def test_written_files_get_the_usual_permissions(tmp_path, sd):
+    """Atomic writes go through mkstemp (mode 0600); the result must have the mode open() would give
+    (0666 minus the umask), or keep the mode of the file it replaces."""
+    import stat
+
+    from film.common.safeio import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        p = tmp_path / "w.safetensors"
+        save_checkpoint(str(p), sd)
+        assert stat.S_IMODE(os.stat(p).st_mode) == 0o644
+        os.chmod(p, 0o640)
+        atomic_write_bytes(p, b"x")
+        assert stat.S_IMODE(os.stat(p).st_mode) == 0o640
+        os.umask(0o077)
+        atomic_write_bytes(tmp_path / "n.json", b"{}")
+        assert stat.S_IMODE(os.stat(tmp_path / "n.json").st_mode) == 0o600
+    finally:
+        os.umask(old)

@@ -34,6 +34,15 @@ class UnsafePickleError(FilmError):
 # --------------------------------------------------------------------------- atomic writes
 
 
+def _target_mode(path: str) -> int:
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temp path next to ``path``; on success rename it over ``path``, else delete it.
@@ -50,6 +59,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        # mkstemp makes the file 0600; give it the mode a plain open() would (or the replaced file's)
+        os.chmod(tmp, _target_mode(path))
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):
