@@ -152,6 +152,6 @@ def load_fuser(
     impl = get_backend(backend, device)
     model = impl.build_model(cfg, ck.state_dict, device)
     dev = str(impl.resolve_device(device))
-    if backend == "torch" and (impl.fast_default(dev) if fast is None else fast):
-        impl.set_fast(model)
+    if backend == "torch":
+        impl.set_fast(model, fast)
     return Fuser(backend, model, cfg, dev, ck)

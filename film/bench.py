@@ -62,18 +62,23 @@ def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, 
     if impl in TORCH_IMPLS:
         import torch
 
-        from film.backends.torch.backend import build_model, fast_default, set_deterministic, set_fast
+        from film.backends.torch.backend import (
+            build_model,
+            input_format,
+            is_fast,
+            set_deterministic,
+            set_fast,
+        )
 
         set_deterministic()
         model = build_model(state_dict=sd, device=device)
         dev = next(model.parameters()).device
-        xa, xb, xt = (torch.from_numpy(x).to(dev) for x in (a, b, t))
         # "torch" is the backend as shipped: film fuse's default layout for the device; film train's NCHW
-        fast = impl == "torch-nhwc" or (impl == "torch" and not train and fast_default(dev))
-        layout = "nhwc" if fast else "nchw"
-        if fast:
-            set_fast(model)
-            xa, xb = (x.contiguous(memory_format=torch.channels_last) for x in (xa, xb))
+        set_fast(model, None if impl == "torch" and not train else impl == "torch-nhwc")
+        layout = "nhwc" if is_fast(model) else "nchw"
+        fmt = input_format(model)
+        xa, xb = (torch.from_numpy(x).to(dev).contiguous(memory_format=fmt) for x in (a, b))
+        xt = torch.from_numpy(t).to(dev)
         if impl == "official-style":
             from film.backends.torch.reference import official_forward
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from film.backends.registry import check_name, get_backend
-from film.common.training import TrainConfig, train
+from film.common.training import TrainConfig, read_run_params, train
 from film.errors import FilmError
 
 
@@ -33,14 +33,7 @@ def run_train(args) -> int:
     if args.lr is not None and not args.lr > 0:
         raise FilmError("--lr must be positive")
     if not args.h5 and args.resume:  # a resumed run reads the H5 it was started with
-        import json
-        import os
-
-        try:
-            with open(os.path.join(args.resume, "param.json")) as f:
-                args.h5 = json.load(f).get("h5")
-        except (OSError, ValueError) as e:
-            raise FilmError(f"{args.resume}: not a run folder (param.json missing or unreadable: {e})") from None
+        args.h5 = read_run_params(args.resume).get("h5")
     if not args.h5:
         raise FilmError("--h5 TRAIN.h5 is required")
     cfg = TrainConfig(

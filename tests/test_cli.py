@@ -847,3 +847,7 @@ def test_train_resume_reads_h5_from_run(capsys, tmp_path, tb):
     assert sorted(os.listdir(os.path.join(run_dir, "model"))) == ["ckpt_1.pth", "ckpt_2.pth"]
     assert "[Epoch 2/2]" in open(os.path.join(run_dir, "log.txt")).read()
     fails(capsys, "train", "--backend", "torch", "--resume", str(tmp_path), "--device", "cpu", match="not a run folder")
+    with open(os.path.join(run_dir, "param.json"), "w") as f:
+        f.write("[1, 2]")
+    fails(capsys, "train", "--backend", "torch", "--resume", run_dir, "--device", "cpu", match="holds a list")
+    fails(capsys, "train", "--backend", "torch", "--resume", run_dir, "--h5", h5, "--device", "cpu", match="holds a list")

@@ -92,6 +92,18 @@ def run_name(cfg: TrainConfig) -> str:
     return f"{ts}_epochs_{cfg.epochs}_lr_{cfg.lr}_stepsize_{cfg.step_size}_bs_{cfg.batch_size}_gradweight_{g}_gamma_{cfg.gamma}"
 
 
+def read_run_params(run_dir: str) -> dict:
+    """A run folder's param.json (the recipe ``film train`` wrote), or one FilmError naming the folder."""
+    try:
+        with open(os.path.join(run_dir, "param.json")) as f:
+            params = json.load(f)
+    except (OSError, ValueError) as e:
+        raise FilmError(f"{run_dir}: not a run folder (param.json missing or unreadable: {e})") from None
+    if not isinstance(params, dict):
+        raise FilmError(f"{run_dir}: param.json holds a {type(params).__name__}, not film train's recipe")
+    return params
+
+
 @contextlib.contextmanager
 def resume_state_errors(path: str):
     """Malformed optimizer/scheduler state in a checkpoint -> one FilmError naming the file."""
@@ -229,11 +241,7 @@ def train(cfg: TrainConfig, trainer) -> str:
             raise FilmError(f"{run_dir}: no model/ckpt_<epoch>{trainer.ext} to resume from")
         state = trainer.load_resume(found[0])
         start_epoch, step = state["epoch"] + 1, state["step"]
-        try:
-            with open(os.path.join(run_dir, "param.json")) as f:
-                saved = json.load(f)
-        except (OSError, ValueError) as e:
-            raise FilmError(f"{run_dir}: param.json missing or unreadable ({e})") from None
+        saved = read_run_params(run_dir)
         for k in ("epochs", "batch_size", "lr", "step_size", "gamma", "grad_weight", "ssim_weight", "seed"):
             setattr(cfg, k, saved.get(k, getattr(cfg, k)))
     else:

@@ -51,18 +51,25 @@ def fast_default(device: str | torch.device) -> bool:
     return FAST_BY_DEFAULT.get(torch.device(device).type, False)
 
 
-def set_fast(model: Net) -> Net:
-    """Speed mode: channels_last (NHWC) convolutions, which oneDNN runs much faster than NCHW for the
+def set_fast(model: Net, fast: bool | None = True) -> Net:
+    """``fast``: True, False, or None for the device's default (``FAST_BY_DEFAULT``). Speed mode: channels_last (NHWC) convolutions, which oneDNN runs much faster than NCHW for the
     depthwise and 1x1 convs that dominate FILM. The reductions over H*W in the attention are made on
     contiguous copies and LayerNorm is the fused kernel on an NHWC view (``ops.py``), so outputs stay
     4-8e-6 from the official-style float32 forward (same order as its own float32 error), not bit-for-bit."""
-    model.to(memory_format=torch.channels_last)
-    model._film_fast = True
+    if fast is None:
+        fast = fast_default(next(model.parameters()).device)
+    model.to(memory_format=torch.channels_last if fast else torch.contiguous_format)
+    model._film_fast = fast
     return model
 
 
 def is_fast(model: Net) -> bool:
     return bool(getattr(model, "_film_fast", False))
+
+
+def input_format(model: Net) -> torch.memory_format:
+    """The layout the model's image inputs should have (channels_last in fast mode)."""
+    return torch.channels_last if is_fast(model) else torch.contiguous_format
 
 
 def load_state_dict(model: Net, state_dict: dict) -> None:
@@ -86,7 +93,7 @@ def forward_numpy(
     p = next(model.parameters())
     dt = np.float64 if p.dtype == torch.float64 else np.float32  # a .double() model is the float64 reference
     raw: dict | None = {} if taps is not None else None
-    fmt = torch.channels_last if is_fast(model) else torch.contiguous_format
+    fmt = input_format(model)
     with torch.inference_mode():
         out = model(
             torch.from_numpy(np.ascontiguousarray(a, dtype=dt)).to(p.device).contiguous(memory_format=fmt),
