@@ -6,7 +6,7 @@
 from film.errors import FilmError
 
 __version__ = "0.1.0"
-__all__ = ["FilmError", "load_fuser", "__version__"]
+__all__ = ["FilmError", "load_fuser", "encode_text", "__version__"]
 
 
 def load_fuser(checkpoint, backend: str = "torch", device: str = "auto", cfg=None, fast=None):
@@ -14,3 +14,11 @@ def load_fuser(checkpoint, backend: str = "torch", device: str = "auto", cfg=Non
     from film.api import load_fuser as _load
 
     return _load(checkpoint, backend=backend, device=device, cfg=cfg, fast=fast)
+
+
+def encode_text(a_paragraph: str, b_paragraph: str, encoder="Salesforce/blip2-itm-vit-g", device: str = "cpu",
+                max_tokens=None):
+    """FILM text features of one pair, float32 (1, L_A + L_B, 768); see :func:`film.text.encode_text`."""
+    from film.text import encode_text as _encode
+
+    return _encode(a_paragraph, b_paragraph, encoder=encoder, device=device, max_tokens=max_tokens)

@@ -44,8 +44,24 @@ def check_memory(backend: str, batch: int, h: int, w: int, device: str) -> None:
         )
 
 
-def _as_batch(x: np.ndarray, name: str) -> np.ndarray:
+def as_image_batch(x: np.ndarray, name: str) -> np.ndarray:
+    """One source image or a batch of them -> float32 (N, 1, H, W) in [0, 1], or a FilmError saying why not.
+
+    Accepted: HxW, NxHxW or Nx1xHxW; float in [0, 1] (taken as is), or uint8 (divided by 255: the
+    official ``image_read_cv2(...) / 255.0``). Refused: colour arrays (HxWx3, HxWx4, Nx3xHxW; FILM fuses
+    single-channel images: pass the grey or Y channel), floats outside [0, 1] (e.g. 0..255: divide by 255
+    yourself, the network was trained on [0, 1]), other integer types (uint16: their scale is unknown),
+    NaN/inf, empty arrays.
+    """
     x = np.asarray(x)
+    colour = (x.ndim == 3 and x.shape[-1] in (3, 4) and min(x.shape[:2]) > 4) or (
+        x.ndim == 4 and (x.shape[1] in (3, 4) or (x.shape[1] != 1 and x.shape[-1] in (3, 4)))
+    )
+    if colour:
+        raise FilmError(
+            f"{name}: shape {x.shape} looks like a colour image; FILM fuses single-channel images: pass the "
+            "grey (or YCrCb Y) channel, e.g. film.common.images.read_gray(path) / 255"
+        )
     if x.ndim == 2:
         x = x[None, None]
     elif x.ndim == 3:
@@ -54,11 +70,21 @@ def _as_batch(x: np.ndarray, name: str) -> np.ndarray:
         raise FilmError(f"{name}: expected HxW, NxHxW or Nx1xHxW, got shape {x.shape}")
     if x.size == 0:
         raise FilmError(f"{name}: empty image {x.shape}")
-    if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
-        raise FilmError(f"{name}: expected a numeric array, got {x.dtype}")
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / np.float32(255.0)
+    if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise FilmError(f"{name}: expected a float array in [0, 1] or uint8, got {x.dtype}")
+    if np.issubdtype(x.dtype, np.integer):
+        raise FilmError(
+            f"{name}: {x.dtype} images are not accepted (their scale is unknown): pass uint8, or float32 in [0, 1]"
+        )
     x = x.astype(np.float32, copy=False)
     if not np.isfinite(x).all():
         raise FilmError(f"{name}: contains NaN or inf")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        hint = " (looks like 0..255: divide by 255)" if hi > 1.5 else ""
+        raise FilmError(f"{name}: values must lie in [0, 1], found {lo:.4g}..{hi:.4g}{hint}")
     return x
 
 
@@ -102,12 +128,14 @@ class Fuser:
     def fuse(self, a: np.ndarray, b: np.ndarray, text: np.ndarray, taps: dict | None = None) -> np.ndarray:
         """Fuse A and B guided by ``text``.
 
-        a, b: float32 HxW in [0, 1] (or NxHxW / Nx1xHxW, any size); text: (L, 768), (1, L, 768) or (N, L, 768).
+        a, b: float32 HxW in [0, 1] (or NxHxW / Nx1xHxW, any size); uint8 is divided by 255 (the official
+        reading); colour arrays, floats outside [0, 1] and other integer types are refused with a FilmError
+        (see :func:`as_image_batch`). text: (L, 768), (1, L, 768) or (N, L, 768).
         Returns the raw network output (sigmoid, before the official min-max stretch), float32 of the
         same leading shape as ``a`` (HxW for HxW input).
         """
         squeeze = np.asarray(a).ndim
-        a4, b4 = _as_batch(a, "a"), _as_batch(b, "b")
+        a4, b4 = as_image_batch(a, "a"), as_image_batch(b, "b")
         if a4.shape != b4.shape:
             raise FilmError(f"a and b differ in shape: {a4.shape[-2:]} vs {b4.shape[-2:]}")
         t = check_text(text, self.cfg.text_dim, a4.shape[0])

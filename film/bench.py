@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from film.common.safeio import atomic_write_bytes, check_output_file
 from film.errors import FilmError
 
 TORCH_IMPLS = ("official-style", "torch", "torch-nchw", "torch-nhwc")
@@ -293,6 +294,11 @@ def run_bench(args) -> int:
         if bad:
             raise FilmError(f"--backends: unknown {', '.join(bad)} (choose from torch, torch-nchw, torch-nhwc, jittor)")
         impls = ["official-style"] + list(dict.fromkeys(names))
+    kind = "_memory" if memory else ""
+    out = args.output or os.path.join(
+        _repo_root() or ".", "benchmarks", "results", f"{time.strftime('%Y-%m-%d')}_{device}{kind}.json"
+    )
+    check_output_file(out, create_dir=True)  # before minutes of timing, not after
     results = {"machine": machine_info(device), "inference": [], "train_step": [], "metrics": None}
     from tqdm import tqdm
 
@@ -320,13 +326,6 @@ def run_bench(args) -> int:
     if args.metrics:
         results["metrics"] = bench_metrics()
     print(format_results(results))
-    kind = "_memory" if memory else ""
-    out = args.output or os.path.join(
-        _repo_root() or ".", "benchmarks", "results", f"{time.strftime('%Y-%m-%d')}_{device}{kind}.json"
-    )
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    from film.common.safeio import atomic_write_bytes
-
     atomic_write_bytes(out, json.dumps(results, indent=2).encode())
     print(f"results: {out}")
     return 0

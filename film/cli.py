@@ -1,4 +1,4 @@
-"""``film`` command line: convert | parity | fuse | eval | prepare | train | bench.
+"""``film`` command line: convert | parity | fuse | eval | prepare | train | text | describe | bench.
 
 Every expected problem is a :class:`film.FilmError`: one line (or one block) on stderr, exit code 2,
 no traceback. Anything unexpected is reported in one line with exit code 1 (FILM_DEBUG=1 shows the
@@ -113,7 +113,51 @@ def cmd_eval(args) -> int:
 def cmd_train(args) -> int:
     from film.train import run_train
 
-    return run_train(args)
+    return run_train(args, sys.argv[1:] if args.argv is None else args.argv)
+
+
+def cmd_text(args) -> int:
+    from film import text as T
+
+    if args.save_encoder:
+        if args.a_text or args.b_text or args.a or args.b:
+            raise FilmError("--save-encoder only saves the encoder: give no paragraphs with it")
+        t0 = time.time()
+        T.load_encoder(args.encoder, args.device).save(args.save_encoder)
+        print(f"saved the text encoder {args.encoder} to {args.save_encoder} in {time.time() - t0:.1f}s; "
+              f"use it with --encoder {args.save_encoder}")
+        return 0
+    if not args.output:
+        raise FilmError("-o/--output is required (a folder with --a-text/--b-text, a .npy file with --a/--b)")
+    if args.a is not None or args.b is not None:  # one pair
+        if args.a is None or args.b is None or args.a_text or args.b_text:
+            raise FilmError("the one-pair form takes both --a PARAGRAPH and --b PARAGRAPH, and no folders")
+        if not args.output.endswith(".npy"):
+            raise FilmError(f"{args.output}: the one-pair form writes a .npy file")
+        from film.common.safeio import check_output_file
+
+        check_output_file(args.output)
+        t0 = time.time()
+        feats = T.encode_text(args.a, args.b, args.encoder, args.device, args.max_tokens)
+        T.save_npy(args.output, feats)
+        print(f"wrote {args.output} {feats.shape} in {time.time() - t0:.1f}s")
+        return 0
+    if not args.a_text or not args.b_text:
+        raise FilmError("give --a-text DIR and --b-text DIR (folders of <name>.txt), or --a and --b paragraphs")
+    n, secs = T.encode_folders(args.a_text, args.b_text, args.output, args.encoder, args.device,
+                               args.batch_size, args.max_tokens)
+    print(f"encoded {n} pair(s) in {secs:.1f}s -> {args.output}")
+    return 0
+
+
+def cmd_describe(args) -> int:
+    from film.describe import describe_folders
+
+    n, secs = describe_folders(args.a, args.b, args.task, args.output, args.captioner, args.device,
+                               args.b_modality, args.overwrite)
+    print(f"drafted paragraphs for {n} pair(s) in {secs:.1f}s -> {args.output}/A, {args.output}/B "
+          "(read and edit them, then: film text)")
+    return 0
 
 
 def cmd_bench(args) -> int:
@@ -257,7 +301,47 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init", help="start from this checkpoint (any format, either framework)")
     t.add_argument("--resume", help="run folder to continue (model, optimizer, scheduler, epoch, step)")
     t.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
+    t.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        help="data-parallel over N processes on this machine: starts torchrun (torch) or mpirun (jittor) with "
+        "the same command; --batch-size stays the global batch",
+    )
+    t.add_argument("--config", choices=("official", "tiny"), default="official", help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_train)
+
+    x = sub.add_parser("text", help="BLIP-2 Q-Former text features of your own paragraphs (what film fuse --text takes)")
+    x.add_argument("--a-text", help="folder of <name>.txt paragraphs describing the A images")
+    x.add_argument("--b-text", help="folder of <name>.txt paragraphs describing the B images")
+    x.add_argument("--a", help="one pair: the A paragraph itself (with --b and -o OUT.npy)")
+    x.add_argument("--b", help="one pair: the B paragraph itself")
+    x.add_argument("-o", "--output", help="output folder for <name>.npy (one pair: the .npy file)")
+    x.add_argument("--encoder", default="Salesforce/blip2-itm-vit-g",
+                   help="a transformers BLIP-2 model name or folder (default Salesforce/blip2-itm-vit-g; only the "
+                   "Q-Former text part is loaded)")
+    x.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    x.add_argument("--batch-size", type=int, default=8, help="pairs encoded together (default 8)")
+    x.add_argument("--max-tokens", type=int, default=None,
+                   help="pad/truncate each side to N tokens, so features of different pairs have one length and "
+                   "can be batched in film train (default: each paragraph's own length, as VLF)")
+    x.add_argument("--save-encoder", metavar="DIR",
+                   help="save just the text encoder and tokenizer to DIR (~0.5 GB instead of the multi-GB "
+                   "checkpoint), to copy to an offline machine")
+    x.set_defaults(func=cmd_text)
+
+    d = sub.add_parser("describe", help="draft one paragraph per source image with a captioning model (edit them, "
+                       "then film text)")
+    d.add_argument("--a", required=True, help="folder of A images")
+    d.add_argument("--b", required=True, help="folder of B images (paired by file name)")
+    d.add_argument("--task", required=True, choices=["IVF", "MIF", "MEF", "MFF"], help="the fusion task (picks the templates)")
+    d.add_argument("--b-modality", choices=["CT", "PET", "SPECT"], help="MIF: what the B images are (default CT)")
+    d.add_argument("-o", "--output", required=True, help="folder for A/<name>.txt and B/<name>.txt")
+    d.add_argument("--captioner", default="Salesforce/blip-image-captioning-base",
+                   help="a transformers BLIP captioning model name or folder (default Salesforce/blip-image-captioning-base)")
+    d.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    d.add_argument("--overwrite", action="store_true", help="replace existing paragraphs (they may hold your edits)")
+    d.set_defaults(func=cmd_describe)
 
     k = sub.add_parser("bench", help="timings, peak memory and agreement vs an official-style eager forward")
     k.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -278,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv  # film train --nproc re-launches the same command
     try:
         return int(args.func(args) or 0)
     except FilmError as e:
@@ -286,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"film {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # an I/O failure no writer anticipated: still one line, still the user's problem
+        if os.environ.get("FILM_DEBUG") == "1":
+            raise
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"film {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except MemoryError:
         print(
             f"film {args.command}: error: out of memory (try a smaller image or batch, or a GPU)",

@@ -13,7 +13,7 @@ import numpy as np
 
 from film.common.images import list_images, read_gray
 from film.common.metrics import METRICS, evaluate
-from film.common.safeio import atomic_write_bytes
+from film.common.safeio import atomic_write_bytes, check_output_file
 from film.errors import FilmError
 
 
@@ -78,6 +78,9 @@ def format_table(results: dict[str, dict], metrics: list[str], dataset: str) -> 
 
 def run_eval(args) -> int:
     metrics = _metric_list(args.metrics)
+    for target in (args.json, args.csv):  # refuse an unwritable output before computing anything
+        if target:
+            check_output_file(target)
     labels = []
     for d in args.fused:
         label = os.path.basename(os.path.normpath(d))

@@ -21,6 +21,7 @@ from film.common.images import (
     write_png,
 )
 from film.common.init import random_text
+from film.common.safeio import make_dirs
 from film.common.textfeat import load_text_for
 from film.errors import FilmError
 
@@ -115,12 +116,9 @@ def save_outputs(args, item: Item, fused: np.ndarray) -> None:
 
 def _prepare_dirs(args, items: list[Item]) -> None:
     subs = ["Gray"] + (["Color"] if args.color else []) + (["grid"] if args.grid else [])
-    try:
-        for s in subs:
-            for it in items:
-                os.makedirs(os.path.dirname(os.path.join(args.output, s, it.name + ".png")), exist_ok=True)
-    except OSError as e:
-        raise FilmError(f"{args.output}: cannot create output folders ({e.strerror or e})") from None
+    for s in subs:
+        for it in items:
+            make_dirs(os.path.dirname(os.path.join(args.output, s, it.name + ".png")))
 
 
 def run_fuse(args) -> tuple[int, str]:

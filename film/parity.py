@@ -81,13 +81,13 @@ def run_pair(
     ref_taps: dict = {}
     ref = None
     if ref_model is not None:
-        from film.api import _as_batch, check_text
+        from film.api import as_image_batch, check_text
         from film.backends.torch.backend import forward_numpy
 
         ref = forward_numpy(
             ref_model,
-            _as_batch(a, "a"),
-            _as_batch(b, "b"),
+            as_image_batch(a, "a"),
+            as_image_batch(b, "b"),
             check_text(text, fusers["torch"].cfg.text_dim, 1),
             taps=ref_taps,
         )

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from film.common.images import list_images, read_gray
-from film.common.safeio import atomic_path
+from film.common.safeio import atomic_path, make_dirs
 from film.errors import FilmError
 
 # A and B folders per task, as in the official data_process.py. The official MFF *training* branch
@@ -179,10 +179,7 @@ def run_prepare(args) -> int:
         small = args.small
         name = args.name or os.path.basename(os.path.dirname(os.path.abspath(args.a))) or "pairs"
         out_name = f"{name}_{args.split}.h5" if args.split else f"{name}.h5"
-    try:
-        os.makedirs(args.output, exist_ok=True)
-    except OSError as e:
-        raise FilmError(f"{args.output}: cannot create output folder ({e.strerror or e})") from None
+    make_dirs(args.output)
     out = os.path.join(args.output, out_name)
     n = build_h5(out, samples, small)
     print(f"wrote {n} samples to {out}")

@@ -851,3 +851,52 @@ def test_train_resume_reads_h5_from_run(capsys, tmp_path, tb):
         f.write("[1, 2]")
     fails(capsys, "train", "--backend", "torch", "--resume", run_dir, "--device", "cpu", match="holds a list")
     fails(capsys, "train", "--backend", "torch", "--resume", run_dir, "--h5", h5, "--device", "cpu", match="holds a list")
+
+
+# --------------------------------------------------------------------------- every writer, unwritable targets
+
+
+def _one_line_exit_2(capsys, argv):
+    code = main(argv)
+    out = capsys.readouterr()
+    assert code == 2, (code, out.err)
+    assert "Traceback" not in out.err + out.out
+    lines = [ln for ln in out.err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"film {argv[0]}: error: "), out.err
+    return lines[0]
+
+
+@pytest.mark.parametrize("where", ["/sys/film-test-out", "/proc/film-test-out", "FILE/sub"])
+def test_every_writer_refuses_an_unwritable_location(capsys, tmp_path, weights, pairs, fused, where, tb):
+    """convert, eval (--json, --csv), prepare, train, bench and fuse: an output under /sys (EPERM even for
+    root), /proc (ENOENT) or below a regular file each end with one line and exit code 2, before any work."""
+    root, text = pairs
+    if where == "FILE/sub":
+        (tmp_path / "FILE").write_text("a file, not a folder")
+        where = str(tmp_path / "FILE" / "sub")
+    h5 = _train_h5(tmp_path / "d.h5")
+    cases = [
+        ["convert", str(weights), "-o", where + ".pkl"],
+        ["eval", "--fused", str(fused), "--a", str(root / "ir"), "--b", str(root / "vi"), "--json", where + ".json"],
+        ["eval", "--fused", str(fused), "--a", str(root / "ir"), "--b", str(root / "vi"), "--csv", where + ".csv"],
+        ["prepare", "--a", str(root / "ir"), "--b", str(root / "vi"), "--text", str(text), "-o", where],
+        ["train", "--h5", str(h5), "--device", "cpu", "--epochs", "1", "--out", where],
+        ["bench", "--device", "cpu", "--sizes", "8x8", "--backends", "torch", "-o", where + ".json"],
+        ["fuse", "--checkpoint", str(weights), "--a", str(root / "ir"), "--b", str(root / "vi"), "--text", str(text),
+         "-o", where],
+    ]
+    for argv in cases:
+        line = _one_line_exit_2(capsys, argv)
+        assert where.split("/")[-2] in line or "film-test-out" in line, line  # names the place
+    assert not os.path.exists("/sys/film-test-out") and not os.path.exists(str(tmp_path / "FILE" / "sub"))
+
+
+def test_missing_output_folder_for_files(capsys, tmp_path, weights, pairs, fused):
+    root, _ = pairs
+    missing = tmp_path / "no" / "such"
+    _one_line_exit_2(capsys, ["convert", str(weights), "-o", str(missing / "o.pkl")])
+    line = _one_line_exit_2(
+        capsys, ["eval", "--fused", str(fused), "--a", str(root / "ir"), "--b", str(root / "vi"), "--json",
+                 str(missing / "x.json")]
+    )
+    assert "does not exist" in line

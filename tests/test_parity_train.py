@@ -64,78 +64,116 @@ def _trainers(tb, jb, sd):
     return t, j
 
 
+def _torch_grads(model, A, B, T, cfg, dtype, channels_last=False):
+    import torch
+
+    from film.backends.torch.train import compute_loss as tloss
+
+    xs = [torch.from_numpy(x).to(dtype) for x in (A, B, T)]
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        xs[:2] = [x.contiguous(memory_format=torch.channels_last) for x in xs[:2]]
+    model.zero_grad()
+    loss, _ = tloss(xs[0], xs[1], model(*xs), cfg)
+    loss.backward()
+    return float(loss.item()), {k: p.grad.detach().double().numpy() for k, p in model.named_parameters()}
+
+
 @pytest.mark.parametrize("ssim_weight", [0.0, 1.0])
 def test_loss_and_gradients_match(tb, jb, ssim_weight):
-    """Loss to 1e-6 relative. Gradients to 1e-4 relative (max |diff| / max |grad| per parameter), except
-    where float32 itself cannot deliver that: the scalar PReLU weights sum x*g over every pixel with
-    heavy cancellation, and torch float32 is then up to 9e-4 (relative) from the float64 gradient. So
-    each parameter may differ by 1e-4 plus 3x torch's own float32 error, measured against float64."""
+    """Each backend's float32 gradient is judged against the float64 gradient of the same weights and batch,
+    with an allowance measured on *this* machine (docs/parity.md, "Tolerances"): float32 gradients of the
+    scalar PReLU weights and some biases are sums over every pixel with heavy cancellation, and their error
+    depends on the summation order that the CPU's kernels pick (an Intel Xeon moved torch's error on
+    restormerca1.preluA3.weight enough to fail a torch-vs-Jittor rule that an AMD EPYC passed).
+
+    Per parameter, relative to max |float64 gradient|: `own` = the larger error of two torch float32
+    gradients with different summation orders (NCHW and channels_last) on this machine; Jittor must be
+    within 1e-4 + 3 * own, and within 1e-4 outright for 90 % of the parameters. Measured (AMD EPYC, default
+    and AVX2-limited oneDNN): Jittor uses at most 0.70 of its allowance; 0.84 if `own` were NCHW torch alone."""
     import jittor as jt
     import torch
 
     from film.backends.jittor.train import compute_loss as jloss
-    from film.backends.torch.train import compute_loss as tloss
 
     cfg = types.SimpleNamespace(**{**vars(CFG), "ssim_weight": ssim_weight})
     sd = random_state_dict(TINY, seed=11)
     t, j = _trainers(tb, jb, sd)
     A, B, T = _batch()
-    ft = t.model(*(torch.from_numpy(x) for x in (A, B, T)))
-    lt, _ = tloss(torch.from_numpy(A), torch.from_numpy(B), ft, cfg)
-    lt.backward()
-    m64 = tb.build_model(TINY, sd, "cpu").double().train()
-    f64 = m64(*(torch.from_numpy(x).double() for x in (A, B, T)))
-    l64, _ = tloss(torch.from_numpy(A).double(), torch.from_numpy(B).double(), f64, cfg)
-    l64.backward()
+    lt, gt = _torch_grads(t.model, A, B, T, cfg, torch.float32)
+    _, gc = _torch_grads(tb.build_model(TINY, sd, "cpu").train(), A, B, T, cfg, torch.float32, channels_last=True)
+    l64, gd = _torch_grads(tb.build_model(TINY, sd, "cpu").double().train(), A, B, T, cfg, torch.float64)
     fj = j.model(jt.array(A), jt.array(B), jt.array(T))
     lj, _ = jloss(jt.array(A), jt.array(B), fj, cfg)
-    assert float(lj.item()) == pytest.approx(float(lt.item()), rel=1e-6)
+    assert float(lj.item()) == pytest.approx(l64, rel=1e-6)
+    assert lt == pytest.approx(l64, rel=1e-6)
     gj = jt.grad(lj, j._params())
-    tgrads, dgrads = dict(t.model.named_parameters()), dict(m64.named_parameters())
     worst, n_strict = ("", 0.0, 0.0), 0
     for name, g in zip(param_schema(TINY), gj):
-        gt, gd = tgrads[name].grad.numpy(), dgrads[name].grad.numpy()
-        scale = max(float(np.abs(gd).max()), 1e-12)
-        rel = float(np.abs(gt - g.numpy()).max()) / scale
-        own = float(np.abs(gt - gd).max()) / scale
-        assert rel <= 1e-4 + 3 * own, f"{name}: gradient rel {rel:.2e} (torch float32 vs float64: {own:.2e})"
-        n_strict += rel <= 1e-4
-        if rel > worst[1]:
-            worst = (name, rel, own)
-    print(
-        f"worst gradient: {worst[0]} rel {worst[1]:.2e} (torch's own float32 error {worst[2]:.2e}); "
-        f"{n_strict}/{len(gj)} within 1e-4"
-    )
+        scale = max(float(np.abs(gd[name]).max()), 1e-12)
+        err = float(np.abs(g.numpy().astype(np.float64) - gd[name]).max()) / scale
+        own = max(float(np.abs(gt[name] - gd[name]).max()), float(np.abs(gc[name] - gd[name]).max())) / scale
+        allow = 1e-4 + 3 * own
+        assert err <= allow, f"{name}: jittor gradient rel {err:.2e} vs float64 > {allow:.2e} (torch float32: {own:.2e})"
+        n_strict += err <= 1e-4
+        if err / allow > worst[1]:
+            worst = (name, err / allow, own)
+    print(f"worst: {worst[0]} at {worst[1]:.2f} of its allowance (torch's own float32 error {worst[2]:.2e}); "
+          f"{n_strict}/{len(gj)} within 1e-4 of float64")
     assert n_strict >= 0.9 * len(gj)
 
 
 def test_three_adam_steps_with_scheduler(tb, jb):
-    """Official LR (1e-5), StepLR every 2 epochs: parameters agree to 1e-5 after 3 steps.
+    """Official LR (1e-5), StepLR every 2 epochs, 3 steps in each backend and in float64 (torch, double).
 
-    Exception, by mathematics rather than by backend: the key bias of each cross-attention (the middle
-    third of in_proj_bias) has an identically zero gradient (softmax is invariant to a shift common to
-    all keys). Both backends see only rounding noise there, and Adam turns noise into a full step of
-    sign(noise) * lr; those entries may differ by 2 * lr per step, and are checked against that."""
+    Judged against the float64 run, with this machine's float32 effect as allowance: per parameter, Jittor
+    within 1e-5 + torch float32's own distance to float64 (Adam divides by sqrt(v): an element whose gradient
+    is rounding noise moves by up to lr in either direction, whichever backend computes it). Exception, by
+    mathematics rather than by backend: the key bias of each cross-attention (the middle third of
+    in_proj_bias) has an identically zero gradient (softmax is invariant to a shift common to all keys);
+    both backends see only rounding noise there and Adam turns it into steps of sign(noise) * lr, checked
+    against 2 * lr per step."""
+    import torch
+
+    from film.backends.torch.train import compute_loss as tloss
+    from film.common.spec import OFFICIAL_RECIPE
+
     cfg = types.SimpleNamespace(**{**vars(CFG), "lr": 1e-5})
     sd = random_state_dict(TINY, seed=12)
     t, j = _trainers(tb, jb, sd)
+    m64 = tb.build_model(TINY, sd, "cpu").double().train()
+    opt64 = torch.optim.Adam(m64.parameters(), lr=cfg.lr, betas=OFFICIAL_RECIPE.adam_betas,
+                             eps=OFFICIAL_RECIPE.adam_eps, weight_decay=OFFICIAL_RECIPE.weight_decay)
     A, B, T = _batch()
+    x64 = [torch.from_numpy(x).double() for x in (A, B, T)]
     steps = 3
     for epoch in range(steps):  # step_size 2: the LR drops before the third step
         lr = lr_at(TrainConfig(h5="", lr=cfg.lr, step_size=cfg.step_size, gamma=cfg.gamma), epoch)
         t.set_lr(lr)
         j.set_lr(lr)
+        for g in opt64.param_groups:
+            g["lr"] = lr
         lt, _, _ = t.step(A, B, T, cfg)
         lj, _, _ = j.step(A, B, T, cfg)
-        assert lj == pytest.approx(lt, rel=1e-5)
-    tp = {k: v.detach().numpy() for k, v in t.model.state_dict().items()}
+        opt64.zero_grad()
+        l64, _ = tloss(x64[0], x64[1], m64(*x64), cfg)
+        l64.backward()
+        opt64.step()
+        assert lj == pytest.approx(l64.item(), rel=1e-5) and lt == pytest.approx(l64.item(), rel=1e-5)
+    tp = {k: v.detach().double().numpy() for k, v in t.model.state_dict().items()}
+    p64 = {k: v.detach().numpy() for k, v in m64.state_dict().items()}
     e = TINY.hidden_dim
+    worst = ("", 0.0)
     for name, p in zip(param_schema(TINY), j._params()):
-        diff = np.abs(tp[name] - p.numpy())
+        dj, dt = np.abs(p.numpy() - p64[name]), np.abs(tp[name] - p64[name])
         if name.endswith("in_proj_bias"):
-            assert float(diff[e : 2 * e].max()) <= 2 * cfg.lr * steps, name
-            diff = np.concatenate([diff[:e], diff[2 * e :]])
-        assert float(diff.max()) <= 1e-5, f"{name}: max_abs={diff.max():.2e} after {steps} steps"
+            assert float(dj[e : 2 * e].max()) <= 2 * cfg.lr * steps, name
+            dj, dt = (np.concatenate([d[:e], d[2 * e :]]) for d in (dj, dt))
+        allow = 1e-5 + float(dt.max())
+        assert float(dj.max()) <= allow, f"{name}: jittor {dj.max():.2e} from float64 after {steps} steps > {allow:.2e}"
+        if dj.max() / allow > worst[1]:
+            worst = (name, float(dj.max() / allow))
+    print(f"worst: {worst[0]} at {worst[1]:.2f} of its allowance")
     moved = sum(not np.array_equal(tp[k], sd[k]) for k in sd)
     assert moved == len(sd)  # every parameter was actually trained
 
@@ -349,3 +387,114 @@ def test_cli_parity_train(capsys, tb, jb, tmp_path, monkeypatch):
     code = main(argv)
     out = capsys.readouterr().out
     assert code == 1 and "training parity: FAIL" in out, out
+
+
+def _mpi_skip_reason() -> str | None:
+    import shutil
+
+    if shutil.which("mpirun") is None or shutil.which("mpicc") is None:
+        if os.environ.get("CI"):  # .ci/run installs OpenMPI: its absence there is a failure, not a skip
+            pytest.fail("OpenMPI (mpirun, mpicc) missing in CI: .ci/run should have installed it")
+        return "OpenMPI not installed (apt-get install openmpi-bin libopenmpi-dev)"
+    return None
+
+
+def _run(cmd, tmp_path, env=None):
+    import subprocess
+
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=900,
+                       cwd=tmp_path)
+    assert p.returncode == 0, (p.stdout[-2000:], p.stderr[-3000:])
+    return p
+
+
+@pytest.mark.slow
+def test_jittor_mpi_world_size_2_matches_single_process(jb, tmp_path):
+    """`mpirun -np 2 film train --backend jittor` (OpenMPI, CPU): each rank takes half of every global batch
+    of 4, gradients are all-reduced (mean); the logged losses and the weights after one epoch equal a
+    single-process run with the same global batch, up to float rounding (two half-batch means averaged
+    instead of one mean: measured max |diff| 1.6e-8 after 2 steps at lr 1e-5). Exactly one run folder, written
+    by rank 0, and resume under MPI continues it to the weights of an uninterrupted single-process run."""
+    import sys
+
+    reason = _mpi_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from safetensors.numpy import save_file
+
+    from film.common.checkpoint import read_raw, unwrap
+    from film.train import launch_command
+
+    h5 = tmp_path / "d.h5"
+    _tiny_h5(h5, n=8)
+    init = tmp_path / "init.safetensors"
+    start = random_state_dict(TINY, seed=21)
+    save_file(dict(start), str(init))
+    common = ["train", "--backend", "jittor", "--h5", str(h5), "--batch-size", "4", "--config", "tiny",
+              "--device", "cpu", "--lr", "1e-4", "--init", str(init)]
+    mpi = launch_command(types.SimpleNamespace(backend="jittor", nproc=2), [])[:-3]  # mpirun -np 2 [flags]
+    assert mpi[1:3] == ["-np", "2"]
+    env = {"OMP_NUM_THREADS": "1"}
+    runs = {}
+    for name, launcher, epochs in (
+        ("single", [sys.executable, "-m", "film"], "2"),
+        ("mpi", mpi + [sys.executable, "-m", "film"], "1"),
+    ):
+        p = _run(launcher + common + ["--epochs", epochs, "--out", str(tmp_path / name)], tmp_path, env)
+        (runs[name],) = [os.path.join(tmp_path, name, d) for d in os.listdir(tmp_path / name)]
+        assert p.stdout.count("run folder:") == 1, p.stdout  # rank 1 prints nothing
+    params = json.load(open(os.path.join(runs["mpi"], "param.json")))
+    assert params["world_size"] == 2
+    # resume the MPI run for a second epoch, still under MPI (epochs from the run's param.json, as a user edits it)
+    pj = os.path.join(runs["mpi"], "param.json")
+    json.dump({**params, "epochs": 2}, open(pj, "w"))
+    _run(mpi + [sys.executable, "-m", "film", "train", "--backend", "jittor", "--config", "tiny", "--device",
+                "cpu", "--resume", runs["mpi"]], tmp_path, env)
+    assert len(os.listdir(tmp_path / "mpi")) == 1
+    np.testing.assert_allclose(_losses(runs["mpi"]), _losses(runs["single"]), rtol=1e-5)
+    assert len(_losses(runs["single"])) == 4
+    for epoch in (1, 2):
+        a, _ = unwrap(read_raw(os.path.join(runs["single"], "model", f"ckpt_{epoch}.pkl")))
+        b, _ = unwrap(read_raw(os.path.join(runs["mpi"], "model", f"ckpt_{epoch}.pkl")))
+        for k in a:
+            d = float(np.abs(a[k] - b[k]).max())
+            # Adam can turn a near-zero gradient's rounding into up to a full lr step (see the DDP test)
+            assert d <= 2 * 1e-4 * 2 * epoch + 1e-6, f"epoch {epoch} {k}: {d:.2e}"
+            if epoch == 2:
+                assert not np.array_equal(b[k], start[k]), f"{k} not trained"
+
+
+def test_mpirun_without_mpicc_is_refused(monkeypatch):
+    """Under mpirun but without mpicc, Jittor would fail inside its import (or every rank would train alone
+    and write one folder): film refuses first, naming the packages."""
+    from film.backends.jittor import runtime
+    from film.errors import FilmError
+
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    monkeypatch.setenv("mpicc_path", "/nonexistent/mpicc")
+    with pytest.raises(FilmError, match="openmpi-bin libopenmpi-dev"):
+        runtime.check_mpi()
+
+
+def test_torch_under_mpirun_is_refused(tb, monkeypatch):
+    from film.errors import FilmError
+    from film.train import make_trainer
+
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(FilmError, match="torchrun"):
+        make_trainer("torch", "cpu", TINY)
+
+
+def test_nproc_launch_commands(monkeypatch):
+    from film.errors import FilmError
+    from film.train import launch_command, strip_nproc
+
+    argv = strip_nproc(["train", "--backend", "jittor", "--nproc", "2", "--h5", "x.h5", "--nproc=3"])
+    assert argv == ["train", "--backend", "jittor", "--h5", "x.h5"]
+    t = launch_command(types.SimpleNamespace(backend="torch", nproc=2), argv)
+    assert "torch.distributed.run" in t and "--nproc_per_node=2" in t and t[-len(argv):] == argv
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv("mpicc_path", raising=False)
+    with pytest.raises(FilmError, match="mpirun is not on PATH: install OpenMPI"):
+        launch_command(types.SimpleNamespace(backend="jittor", nproc=2), argv)

@@ -60,9 +60,16 @@ def _read_pth(path: str) -> object:
         ) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types here; all mean "unreadable"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FilmError(f"{path}: not a readable PyTorch checkpoint ({first[:200]})") from None
+    except Exception:  # torch raises many types here (KeyError '101' for a text file: the first byte read
+        # as a pickle opcode), all of which mean "unreadable"; their text is noise to a user
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head.startswith(b"PK"):
+            raise FilmError(f"{path}: not a readable PyTorch checkpoint: a damaged zip archive (truncated?)") from None
+        raise FilmError(
+            f"{path}: not a PyTorch checkpoint: neither a zip archive (torch >= 1.6) nor a legacy torch "
+            f"pickle (the file starts with {head!r}); is it truncated, or another kind of file?"
+        ) from None
 
     def to_np(x):
         if isinstance(x, torch.Tensor):
@@ -253,6 +260,9 @@ def convert(src: str, dst: str, cfg: FilmConfig = OFFICIAL, keep_optimizer: bool
     if os.path.abspath(src) == os.path.abspath(dst):
         raise FilmError(f"{dst}: output would overwrite the input")
     detect_format(dst)
+    from film.common.safeio import check_output_file
+
+    check_output_file(dst)  # an unwritable output is refused before the input is read
     raw = read_raw(src)
     sd, extras = unwrap(raw, src)
     validate(sd, cfg, src)

@@ -18,7 +18,7 @@ import struct
 import tempfile
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -43,6 +43,23 @@ def _target_mode(path: str) -> int:
         return 0o666 & ~mask
 
 
+def _make_temp(path: str) -> str:
+    """An empty temp file next to ``path``, or one FilmError saying why there can be none."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise FilmError(f"{path}: is a folder; give a file name")
+    if not os.path.isdir(directory):
+        raise FilmError(f"{path}: output folder {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise FilmError(f"{path}: output folder {directory} is not writable")
+    try:  # root passes os.access everywhere, but /sys, /proc or a read-only mount still refuse the file
+        fd, tmp = tempfile.mkstemp(prefix=".film-tmp-", suffix=os.path.splitext(path)[1], dir=directory)
+        os.close(fd)
+    except OSError as e:
+        raise FilmError(f"{path}: cannot write in {directory} ({e.strerror or e})") from None
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temp path next to ``path``; on success rename it over ``path``, else delete it.
@@ -50,13 +67,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     A crash or a full disk during the write leaves the previous ``path`` untouched and no partial file.
     """
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FilmError(f"{path}: output folder {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise FilmError(f"{path}: output folder {directory} is not writable")
-    fd, tmp = tempfile.mkstemp(prefix=".film-tmp-", suffix=os.path.splitext(path)[1], dir=directory)
-    os.close(fd)
+    tmp = _make_temp(path)
     try:
         yield tmp
         # mkstemp makes the file 0600; give it the mode a plain open() would (or the replaced file's)
@@ -70,6 +81,42 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def make_dirs(path: str | os.PathLike, what: str = "output folder") -> str:
+    """``os.makedirs(path, exist_ok=True)`` that fails with one clear FilmError (unwritable, a file in the
+    way, /proc, ...) instead of an OSError traceback. Every command creates its output folders with this."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FilmError(f"{path}: cannot use as {what}: a file of that name exists")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise FilmError(f"{path}: cannot create {what} ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK):
+        raise FilmError(f"{path}: {what} is not writable")
+    return path
+
+
+def check_output_file(path: str | os.PathLike, create_dir: bool = False) -> str:
+    """Fail early, with one clear FilmError, when ``path`` could not be written later (before minutes of
+    work): the folder is missing (or, with ``create_dir``, cannot be made), unwritable, or refuses files."""
+    path = os.fspath(path)
+    if create_dir:
+        make_dirs(os.path.dirname(os.path.abspath(path)))
+    tmp = _make_temp(path)
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+    return path
+
+
+@contextlib.contextmanager
+def guarded_write(path: str | os.PathLike, what: str = "file") -> Iterator[None]:
+    """Turn an OSError raised while writing ``path`` in place (logs appended to, copies) into one FilmError."""
+    try:
+        yield
+    except OSError as e:
+        raise FilmError(f"{os.fspath(path)}: could not write {what} ({e.strerror or e})") from None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -405,14 +452,3 @@ def write_torch_zip(path: str, obj: object, archive_name: str = "archive") -> No
             zf.writestr(f"{archive_name}/version", "3\n")
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-
-
-def map_arrays(obj: object, fn: Callable[[np.ndarray], object]) -> object:
-    """Apply ``fn`` to every numpy array in a nested dict/list/tuple structure."""
-    if isinstance(obj, np.ndarray):
-        return fn(obj)
-    if isinstance(obj, dict):
-        return type(obj)((k, map_arrays(v, fn)) for k, v in obj.items())
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(map_arrays(v, fn) for v in obj)
-    return obj

@@ -22,6 +22,7 @@ import numpy as np
 
 from film.common.data import H5Pairs
 from film.common.images import write_png
+from film.common.safeio import guarded_write, make_dirs
 from film.common.spec import CHECKPOINT_KEYS, OFFICIAL_RECIPE
 from film.errors import FilmError
 
@@ -166,7 +167,7 @@ class RunLog:
             self.writer = None
 
     def line(self, msg: str, echo: bool = False) -> None:
-        with open(self.path, "a") as f:
+        with guarded_write(self.path, "the training log"), open(self.path, "a") as f:
             f.write(msg + "\n")
         if echo:
             from tqdm import tqdm
@@ -187,8 +188,7 @@ def save_pictures(
     run_dir: str, epoch: int, a: np.ndarray, b: np.ndarray, f: np.ndarray, names: list[str]
 ) -> None:
     """pic_fusion/ckpt_<epoch>/<name>.png: A | B | F side by side (the official train.py saves these)."""
-    folder = os.path.join(run_dir, "pic_fusion", f"ckpt_{epoch}")
-    os.makedirs(folder, exist_ok=True)
+    folder = make_dirs(os.path.join(run_dir, "pic_fusion", f"ckpt_{epoch}"))
     for i, name in enumerate(names):
         row = np.hstack([a[i, 0], b[i, 0], f[i, 0]])
         write_png(os.path.join(folder, f"{name}.png"), np.clip(np.round(row * 255), 0, 255).astype(np.uint8))
@@ -197,8 +197,7 @@ def save_pictures(
 def copy_code(run_dir: str, backend: str) -> None:
     """code/: the sources that produced this run (the official train.py copies itself and the net)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    dst = os.path.join(run_dir, "code")
-    os.makedirs(dst, exist_ok=True)
+    dst = make_dirs(os.path.join(run_dir, "code"))
     for rel in (
         "common/forward.py",
         "common/loss.py",
@@ -208,7 +207,9 @@ def copy_code(run_dir: str, backend: str) -> None:
         f"backends/{backend}/ops.py",
         f"backends/{backend}/train.py",
     ):
-        shutil.copyfile(os.path.join(root, rel), os.path.join(dst, rel.replace("/", "__")))
+        target = os.path.join(dst, rel.replace("/", "__"))
+        with guarded_write(target, "a copy of the code"):
+            shutil.copyfile(os.path.join(root, rel), target)
 
 
 def train(cfg: TrainConfig, trainer) -> str:
@@ -250,10 +251,7 @@ def train(cfg: TrainConfig, trainer) -> str:
         if world > 1:
             run_dir = trainer.share(run_dir)  # the name holds a timestamp: take rank 0's
         if main:
-            try:
-                os.makedirs(os.path.join(run_dir, "model"), exist_ok=True)
-            except OSError as e:
-                raise FilmError(f"{run_dir}: cannot create the run folder ({e.strerror or e})") from None
+            make_dirs(os.path.join(run_dir, "model"), "run folder")
             params = {
                 **asdict(cfg),
                 "world_size": world,

@@ -34,6 +34,47 @@ def has_nvidia_gpu() -> bool:
     return bool(glob.glob("/dev/nvidia[0-9]*")) and shutil.which("nvidia-smi") is not None
 
 
+MPI_INSTALL_HINT = "install OpenMPI: apt-get install openmpi-bin libopenmpi-dev (Debian/Ubuntu)"
+
+
+def mpi_world_size() -> int:
+    """Processes in this mpirun job (1 when not started by OpenMPI's mpirun)."""
+    try:
+        return int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def mpicc() -> str | None:
+    """The mpicc Jittor compiles its MPI ops with (its ``mpicc_path`` variable, else PATH), or None."""
+    path = os.environ.get("mpicc_path")
+    if path is not None:
+        return path if path and os.path.exists(path) else None
+    return shutil.which("mpicc")
+
+
+def check_mpi() -> None:
+    """Under mpirun, Jittor needs mpicc at import (it compiles its MPI ops with it); without it, Jittor's
+    import fails deep inside (``mpi`` is None) or, worse, every rank trains alone. Refuse clearly instead."""
+    if "OMPI_COMM_WORLD_SIZE" in os.environ and mpicc() is None:
+        raise FilmError(
+            f"started by mpirun ({mpi_world_size()} processes), but Jittor's MPI support needs mpicc, "
+            f"which is not on PATH: {MPI_INSTALL_HINT}"
+        )
+
+
+def bind_rank_to_gpu() -> None:
+    """One GPU per MPI rank: rank r on this machine sees only the r-th visible GPU. (Jittor itself binds
+    ranks to GPUs only in its NCCL setup, which the CUDA 13 recipe turns off.) Untested: no GPU here."""
+    local = os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK")
+    if local is None or mpi_world_size() < 2:
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",") if visible else [str(i) for i in range(len(glob.glob("/dev/nvidia[0-9]*")))]
+    if ids:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ids[int(local) % len(ids)]
+
+
 def configure_env(device: str = "auto") -> str:
     """Set Jittor's environment for ``device`` ('auto', 'cpu', 'cuda'); return the resolved device."""
     want_cuda = device.startswith("cuda") or (device == "auto" and has_nvidia_gpu())
@@ -45,6 +86,7 @@ def configure_env(device: str = "auto") -> str:
     if not want_cuda:
         os.environ.setdefault("nvcc_path", "")
         return "cpu"
+    bind_rank_to_gpu()
     nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
     os.environ.setdefault("nvcc_path", os.path.realpath(nvcc) if os.path.exists(nvcc) else nvcc)
     for k, v in (
@@ -71,6 +113,7 @@ def _stamp_path() -> str:
         "conv_opt",
     )
     ident = "|".join([sys.executable, sys.version] + [f"{k}={os.environ.get(k, '')}" for k in keys])
+    ident += f"|mpicc={mpicc() or ''}"  # installing OpenMPI later makes Jittor compile its MPI ops: warm up again
     try:
         from importlib.metadata import version
 
@@ -94,11 +137,12 @@ def warm_up(quiet: bool = False) -> None:
             flush=True,
         )
     code = "import jittor as jt; v = (jt.ones(2) * 2).sum().item(); print('FILM_JITTOR_OK', v)"
+    # the child is a plain process even under mpirun (it still compiles the MPI ops when mpicc exists):
+    # OpenMPI's variables would make it a second, unexpected MPI process
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
     last = ""
     for _ in range(3):
-        r = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy()
-        )
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
         last = (r.stdout + r.stderr).strip()
         if r.returncode == 0 and "FILM_JITTOR_OK 4.0" in r.stdout:
             os.makedirs(os.path.dirname(stamp), exist_ok=True)
@@ -128,7 +172,8 @@ def import_jittor(device: str = "auto"):
                 "(needs numpy<2 and a C++ compiler)"
             ) from None
         configure_env(device)
-        warm_up()
+        check_mpi()
+        warm_up(quiet=mpi_world_size() > 1 and os.environ.get("OMPI_COMM_WORLD_RANK", "0") != "0")
     try:
         import jittor
     except SystemExit:

@@ -13,6 +13,7 @@ from film.common.checkpoint import load_checkpoint
 from film.common.safeio import read_jittor_pkl, write_jittor_pkl
 from film.common.spec import OFFICIAL, OFFICIAL_RECIPE, param_schema
 from film.common.training import resume_checkpoint, resume_state_errors
+from film.errors import FilmError
 
 
 class loss_ops:
@@ -73,15 +74,41 @@ class Trainer:
         self.device = device
         self.model_cfg = model_cfg
         self.model = None
+        # Under mpirun (Jittor's distributed engine) every rank runs the shared loop on its contiguous share
+        # of each global batch; TorchAdam's pre_step all-reduces the gradients (mean), which equals the
+        # single-process mean-loss gradient because the shares are equal. Rank 0 alone writes.
+        self.rank, self.world = (int(jt.rank), int(jt.world_size)) if jt.in_mpi else (0, 1)
+
+    def share(self, obj: str) -> str:
+        """Rank 0's string on every rank (the run folder name holds a timestamp)."""
+        if self.world == 1:
+            return obj
+        buf = np.zeros(4096, np.int32)
+        data = np.frombuffer(obj.encode("utf-8"), np.uint8)
+        if len(data) > len(buf):
+            raise FilmError(f"{obj[:80]}...: path too long to share between MPI ranks")
+        buf[: len(data)] = data
+        got = jt.array(buf).mpi_broadcast(0).numpy().astype(np.uint8)
+        return bytes(got).rstrip(b"\0").decode("utf-8")
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            jt.array([1.0]).mpi_all_reduce("sum").sync()
 
     def _params(self):
         own = self.model.state_dict()
         return [own[k] for k in param_schema(self.model_cfg)]
 
     def _build(self, cfg, init_sd=None):
-        jt.set_global_seed(cfg.seed)
+        # the same seed on every rank (Jittor would add 2591 * rank), and rank 0's weights broadcast: the
+        # first gradient must already be taken at identical parameters (Jittor's own sync comes after it)
+        jt.set_global_seed(cfg.seed, different_seed_for_mpi=False)
         self.model = build_model(self.model_cfg, init_sd, self.device)
         self.model.train()
+        if self.world > 1:
+            for p in self._params():
+                p.assign(p.mpi_broadcast(0))
+            jt.sync_all()
         self.opt = TorchAdam(
             self._params(),
             lr=cfg.lr,
@@ -104,7 +131,11 @@ class Trainer:
         fused = self.model(jt.array(a), jt.array(b), jt.array(t))
         loss, parts = compute_loss(jt.array(a), jt.array(b), fused, cfg)
         self.opt.step(loss)
-        return float(loss.item()), {k: float(v.item()) for k, v in parts.items()}, fused.numpy()
+        report = jt.concat([loss.detach().reshape(1)] + [v.detach().reshape(1) for v in parts.values()])
+        if self.world > 1:  # log the global batch's loss, identical on every rank (the NaN stop agrees too)
+            report = report.mpi_all_reduce("mean")
+        report = report.numpy().tolist()
+        return report[0], dict(zip(parts, report[1:])), fused.numpy()
 
     def gradients(self, a, b, t, cfg) -> tuple[float, dict]:
         """Loss and every parameter's gradient for one batch (no optimizer step)."""
@@ -150,16 +181,18 @@ class Trainer:
             "last_epoch": epoch + 1,
             "_last_lr": [next_lr],
         }
-        write_jittor_pkl(
-            path,
-            {
-                "model": sd,
-                "optimizer1": self.optimizer_state(),
-                "lr_schedule1": sched,
-                "epoch": epoch,
-                "step": step,
-            },
-        )
+        if self.rank == 0:
+            write_jittor_pkl(
+                path,
+                {
+                    "model": sd,
+                    "optimizer1": self.optimizer_state(),
+                    "lr_schedule1": sched,
+                    "epoch": epoch,
+                    "step": step,
+                },
+            )
+        self.barrier()
 
     def load_resume(self, path: str) -> dict:
         ck = read_jittor_pkl(path)

@@ -1,0 +1,41 @@
+# Two commands on a fresh machine (README "Quick start"):
+#   make demo   creates .venv, installs everything a CPU-only machine needs (torch CPU build, the project with
+#               its jittor+dev extras, Jittor compiled once) and fuses the shipped samples with pictures
+#   make test   the full test suite in that same environment (.ci/run calls it)
+# Elsewhere than here, a CPU-only machine should take torch from the CPU index:
+#   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+STAMP := $(VENV)/.film-installed
+# the numerics tests, run again under an older CPU's instruction set (issue: tolerances on any x86-64 CPU)
+NUMERICS := tests/test_golden.py tests/test_parity_ops.py tests/test_parity_blocks.py tests/test_parity_train.py
+
+.PHONY: setup demo test test-fast test-avx2 clean-venv
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install -q -e ".[jittor,text,dev]"
+	$(PY) -m film.backends.jittor.runtime
+	@command -v mpicc >/dev/null 2>&1 || echo "note: OpenMPI not found; Jittor multi-process training and its test need it: apt-get install openmpi-bin libopenmpi-dev"
+	touch $@
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/film fuse --checkpoint random --random-text --pairs film/samples -o demo_out --grid --color
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+test-avx2: setup
+	ONEDNN_MAX_CPU_ISA=AVX2 DNNL_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q $(NUMERICS) -k "not mpi and not torchrun and not cli"
+
+clean-venv:
+	rm -rf $(VENV)

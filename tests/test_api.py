@@ -1,0 +1,78 @@
+"""The Python API: what `Fuser.fuse` accepts, converts and refuses (README "Python API")."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import film
+from film.api import as_image_batch
+from film.common.spec import TINY
+from film.errors import FilmError
+
+
+@pytest.fixture(scope="module")
+def fuser(tb):
+    return film.load_fuser(None, backend="torch", device="cpu", cfg=TINY)
+
+
+def _text(n=5):
+    return np.random.default_rng(0).standard_normal((n, TINY.text_dim)).astype(np.float32)
+
+
+def test_uint8_is_divided_by_255(fuser):
+    """uint8 input follows the documented rule (the official image_read_cv2(...) / 255.0): same output as the
+    float input a user would make by hand."""
+    rng = np.random.default_rng(1)
+    a8, b8 = (rng.integers(0, 256, (13, 17), dtype=np.uint8) for _ in range(2))
+    by_hand = fuser.fuse(a8 / np.float32(255), b8 / np.float32(255), _text())
+    np.testing.assert_array_equal(fuser.fuse(a8, b8, _text()), by_hand)
+    x = as_image_batch(np.array([[0, 51, 255]], np.uint8), "a")
+    assert x.dtype == np.float32 and x.shape == (1, 1, 1, 3)
+    np.testing.assert_array_equal(x[0, 0, 0], np.array([0.0, 0.2, 1.0], np.float32))
+
+
+@pytest.mark.parametrize(
+    "shape,match",
+    [((64, 80, 3), "looks like a colour image"), ((64, 80, 4), "looks like a colour image"),
+     ((2, 3, 64, 80), "looks like a colour image"), ((1, 64, 80, 3), "looks like a colour image"),
+     ((2, 2, 64, 80), "expected HxW, NxHxW or Nx1xHxW"), ((0, 5), "empty image")],
+)
+def test_shapes_refused_with_the_reason(fuser, shape, match):
+    a = np.zeros(shape, np.float32)
+    with pytest.raises(FilmError, match=match):
+        fuser.fuse(a, a, _text())
+
+
+@pytest.mark.parametrize(
+    "a,match",
+    [(np.full((9, 9), 200.0, np.float32), r"\[0, 1\], found 200..200 \(looks like 0..255: divide by 255\)"),
+     (np.full((9, 9), -0.5, np.float32), r"must lie in \[0, 1\]"),
+     (np.full((9, 9), 1000, np.uint16), "uint16 images are not accepted"),
+     (np.full((9, 9), np.nan, np.float32), "NaN or inf"),
+     (np.full((9, 9), True), "expected a float array"),
+     (np.full((9, 9), "x"), "expected a float array")],
+)
+def test_values_refused_with_the_reason(fuser, a, match):
+    with pytest.raises(FilmError, match=match):
+        fuser.fuse(a, np.zeros((9, 9), np.float32), _text())
+
+
+def test_float_in_unit_range_and_batches_accepted(fuser):
+    rng = np.random.default_rng(2)
+    a, b = rng.random((2, 11, 12), dtype=np.float32), rng.random((2, 11, 12), dtype=np.float32)
+    out = fuser.fuse(a, b, _text())
+    assert out.shape == (2, 11, 12) and np.isfinite(out).all()
+    # batch 1 and batch 2 run other kernel blockings: float rounding only (TINY random weights amplify it)
+    np.testing.assert_allclose(fuser.fuse(a[1], b[1], _text()), out[1], atol=1e-4)
+    # float64 and the exact ends 0 and 1 are fine
+    assert fuser.fuse(np.zeros((5, 6)), np.ones((5, 6)), _text()).shape == (5, 6)
+
+
+def test_checkpoint_errors_say_what_the_file_is(tmp_path):
+    p = tmp_path / "notes.pth"
+    p.write_text("hello, this is a text file")
+    with pytest.raises(FilmError) as e:
+        film.load_fuser(str(p), backend="torch", device="cpu")
+    msg = str(e.value)
+    assert "not a PyTorch checkpoint" in msg and "b'hell'" in msg and "101" not in msg
