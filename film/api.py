@@ -159,24 +159,27 @@ def load_fuser(
 
     checkpoint: a path (.pth official/training dict/bare, .pkl Jittor, .safetensors), a numpy state dict,
     or None for the seeded random weights of :func:`film.common.init.random_state_dict` (demos, tests).
+    cfg: the network configuration; None takes the one stored with the weights (safetensors metadata written
+    by film, or the run's param.json for ``<run>/model/ckpt_*`` of film train), else the official one.
     fast: torch only, channels_last convolutions (1.5-1.8x on CPU, outputs 4-8e-6 from the official-style
     kernels instead of 2e-6). None: the device's default (on for CPU, off for CUDA until measured there);
     False: the official NCHW kernel order. Ignored by Jittor, which has no such layout.
     """
-    cfg = cfg or OFFICIAL
     check_name(backend)
+    if checkpoint is not None and not isinstance(checkpoint, dict):
+        ck = load_checkpoint(checkpoint, cfg)  # cfg None: the one stored with the weights, else official
+        cfg = ck.cfg
+    cfg = cfg or OFFICIAL
     if checkpoint is None:
         from film.common.init import random_state_dict
 
-        ck = Checkpoint(random_state_dict(cfg, seed=0), {}, "random")
+        ck = Checkpoint(random_state_dict(cfg, seed=0), {}, "random", cfg)
     elif isinstance(checkpoint, dict):
         from film.common.checkpoint import unwrap, validate
 
         sd, extras = unwrap(checkpoint, "state dict")
         validate(sd, cfg, "state dict")
-        ck = Checkpoint(sd, extras, "dict")
-    else:
-        ck = load_checkpoint(checkpoint, cfg)
+        ck = Checkpoint(sd, extras, "dict", cfg)
     impl = get_backend(backend, device)
     model = impl.build_model(cfg, ck.state_dict, device)
     dev = str(impl.resolve_device(device))

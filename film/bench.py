@@ -155,7 +155,9 @@ def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, 
             result = once()
             jt.sync_all(True)
             times.append(time.perf_counter() - t0)
-        versions = {"jittor": jt.__version__}
+        from film.backends.jittor.runtime import onednn_status
+
+        versions = {"jittor": jt.__version__, "jittor_kernels": onednn_status()}
     if out_npy:
         np.save(out_npy, result)
     return {

@@ -99,19 +99,59 @@ def _chroma(pair: Pair) -> np.ndarray | None:
     return None
 
 
+# panel titles of --grid, by the name of the source folder (the official layouts' names)
+SOURCE_LABELS = {
+    "ir": "infrared", "IR": "infrared", "vi": "visible", "VI": "visible", "over": "over-exposed",
+    "OVER": "over-exposed", "under": "under-exposed", "UNDER": "under-exposed", "near": "near focus",
+    "NEAR": "near focus", "far": "far focus", "FAR": "far focus",
+}
+
+
+def source_label(path: str | None, default: str) -> str:
+    """A readable name for a source image's modality, from its folder (ir -> infrared, MRI, CT, ...)."""
+    if not path:
+        return default
+    folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    return SOURCE_LABELS.get(folder, folder or default)
+
+
+def grid_image(panels: list[tuple[np.ndarray, str]]) -> np.ndarray:
+    """Panels (HxWx3 uint8 BGR) side by side, each under a white title band, 4-pixel white gaps."""
+    h = panels[0][0].shape[0]
+    band = int(np.clip(h // 10, 18, 40))
+    scale = band / 36
+    cols = []
+    for img, title in panels:
+        strip = np.full((band, img.shape[1], 3), 255, np.uint8)
+        cv2.putText(strip, title, (4, int(band * 0.75)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0),
+                    max(1, round(scale * 1.6)), cv2.LINE_AA)
+        cols += [np.vstack([strip, img]), np.full((h + band, 4, 3), 255, np.uint8)]
+    return np.hstack(cols[:-1])
+
+
 def save_outputs(args, item: Item, fused: np.ndarray) -> None:
     gray = to_uint8(fused)
     write_png(os.path.join(args.output, "Gray", item.name + ".png"), gray)
+    fused_bgr = None
     if args.color and item.pair is not None:
         chroma = _chroma(item.pair)
         if chroma is not None:
             ycrcb = np.dstack([gray, np.clip(np.round(chroma), 0, 255).astype(np.uint8)])
-            bgr = cv2.cvtColor(ycrcb, cv2.COLOR_YCrCb2BGR)
-            write_png(os.path.join(args.output, "Color", item.name + ".png"), bgr)
+            fused_bgr = cv2.cvtColor(ycrcb, cv2.COLOR_YCrCb2BGR)
+            write_png(os.path.join(args.output, "Color", item.name + ".png"), fused_bgr)
     if args.grid:
-        a8 = np.round(item.a * 255).astype(np.uint8)
-        b8 = np.round(item.b * 255).astype(np.uint8)
-        write_png(os.path.join(args.output, "grid", item.name + ".png"), np.hstack([a8, b8, gray]))
+        def panel(x01, path):  # the source as read (in colour with --color), else its grey channel
+            if args.color and path is not None:
+                return read_bgr(path)
+            return cv2.cvtColor(np.round(x01 * 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+
+        pair = item.pair
+        panels = [
+            (panel(item.a, pair.a if pair else None), "A: " + source_label(pair.a if pair else None, "source A")),
+            (panel(item.b, pair.b if pair else None), "B: " + source_label(pair.b if pair else None, "source B")),
+            (fused_bgr if fused_bgr is not None else cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR), "FILM fused"),
+        ]
+        write_png(os.path.join(args.output, "grid", item.name + ".png"), grid_image(panels))
 
 
 def _prepare_dirs(args, items: list[Item]) -> None:

@@ -76,3 +76,31 @@ def test_checkpoint_errors_say_what_the_file_is(tmp_path):
         film.load_fuser(str(p), backend="torch", device="cpu")
     msg = str(e.value)
     assert "not a PyTorch checkpoint" in msg and "b'hell'" in msg and "101" not in msg
+
+
+def test_config_travels_with_the_weights(tb, tmp_path):
+    """A TINY network saved as safetensors, or trained by film train, loads without naming its config; the
+    official config is still the default for files without one (official .pth)."""
+    from film.cli import main
+    from film.common.checkpoint import save_checkpoint
+    from film.common.init import random_state_dict
+
+    sd = random_state_dict(TINY, seed=5)
+    save_checkpoint(tmp_path / "tiny.safetensors", sd, cfg=TINY)
+    fuser = film.load_fuser(str(tmp_path / "tiny.safetensors"), backend="torch", device="cpu")
+    assert fuser.cfg == TINY
+    assert main(["convert", str(tmp_path / "tiny.safetensors"), "-o", str(tmp_path / "tiny.pth")]) == 0
+    with pytest.raises(FilmError, match="wrong shape|missing"):  # a .pth carries no config: official assumed
+        film.load_fuser(str(tmp_path / "tiny.pth"), backend="torch", device="cpu")
+    assert film.load_fuser(str(tmp_path / "tiny.pth"), backend="torch", device="cpu", cfg=TINY).cfg == TINY
+    # film train writes model_config into param.json; load_fuser reads it for <run>/model/ckpt_<n>
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from test_parity_train import _tiny_h5
+
+    _tiny_h5(tmp_path / "d.h5")
+    assert main(["train", "--h5", str(tmp_path / "d.h5"), "--config", "tiny", "--epochs", "1", "--device", "cpu",
+                 "--out", str(tmp_path / "exp")]) == 0
+    run = tmp_path / "exp" / next(iter(__import__("os").listdir(tmp_path / "exp")))
+    assert film.load_fuser(str(run / "model" / "ckpt_1.pth"), backend="torch", device="cpu").cfg == TINY

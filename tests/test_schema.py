@@ -63,3 +63,32 @@ def test_jittor_state_dict_is_schema(jb, cfg):
 def test_tap_names_unique():
     names = tap_names(OFFICIAL)
     assert len(names) == len(set(names)) == 1 + 6 * 3 + 5
+
+
+def test_torch_and_jittor_models_line_up(tb, jb):
+    """backends/torch/model.py and backends/jittor/model.py mirror each other: the same module tree (every
+    attribute path, in order) with the same class names, and the same classes defined in both files (in the
+    spirit of transformers' "Copied from" check). A rename or an added block on one side fails here."""
+    import ast
+    import os
+
+    from film.common.spec import TINY
+
+    # framework classes whose names differ only by framework
+    alias = {"NonDynamicallyQuantizableLinear": "Linear"}
+    tree = {}
+    for name, impl in (("torch", tb), ("jittor", jb)):
+        model = impl.build_model(TINY, None, "cpu")
+        tree[name] = [(path, alias.get(type(m).__name__, type(m).__name__)) for path, m in model.named_modules() if path]
+    assert len(tree["torch"]) == len(tree["jittor"])
+    diverged = [(t, j) for t, j in zip(tree["torch"], tree["jittor"]) if t != j]
+    assert not diverged, f"module trees diverge: {diverged[:5]}"
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def classes(backend):
+        with open(os.path.join(here, "film", "backends", backend, "model.py")) as f:
+            return [n.name for n in ast.parse(f.read()).body if isinstance(n, ast.ClassDef)]
+
+    # Conv2d, PReLU: Jittor subclasses of the framework's layers (oneDNN / fast convolution paths, a float64
+    # slope gradient); torch uses nn.Conv2d / nn.PReLU, of the same names
+    assert [c for c in classes("jittor") if c not in ("Conv2d", "PReLU")] == classes("torch")

@@ -20,7 +20,8 @@ def check_name(name: str) -> str:
 
 
 def get_backend(name: str, device: str = "auto"):
-    """Import and return ``film.backends.<name>`` (a module exposing build_model, to_numpy, ...)."""
+    """Import and return ``film.backends.<name>.backend`` (build_model, load_state_dict, state_dict_numpy,
+    forward_numpy, resolve_device, set_deterministic, describe; torch also set_fast/is_fast/input_format)."""
     check_name(name)
     framework = "torch" if name == "torch" else "jittor"
     try:

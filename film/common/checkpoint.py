@@ -35,6 +35,7 @@ class Checkpoint:
     state_dict: OrderedDict[str, np.ndarray]
     extras: dict = field(default_factory=dict)  # optimizer1, lr_schedule1, epoch, step, ... when present
     source_format: str = ""
+    cfg: FilmConfig = OFFICIAL  # the configuration the tensors were validated against
 
 
 def detect_format(path: str) -> str:
@@ -102,6 +103,11 @@ def _read_safetensors(path: str) -> object:
                 extras[k] = int(meta[k])
             except ValueError:
                 pass
+    if "film_config" in meta:
+        try:
+            extras["film_config"] = FilmConfig.from_dict(json.loads(meta["film_config"]))
+        except (ValueError, TypeError) as e:
+            raise FilmError(f"{path}: unreadable film_config metadata ({e})") from None
     return {"model": OrderedDict(tensors), **extras}
 
 
@@ -191,15 +197,36 @@ def validate(sd: dict, cfg: FilmConfig = OFFICIAL, path: str = "checkpoint") -> 
     raise FilmError(msg)
 
 
-def load_checkpoint(path: str | os.PathLike, cfg: FilmConfig = OFFICIAL) -> Checkpoint:
-    """Read any supported checkpoint, unwrap it, validate it against the schema, return float32 tensors."""
+def stored_config(path: str, extras: dict) -> FilmConfig | None:
+    """The FilmConfig saved with a checkpoint: safetensors metadata, or the ``model_config`` of the run
+    folder's param.json for ``<run>/model/ckpt_<epoch>.pth|.pkl`` written by film train; None if neither."""
+    if isinstance(extras.get("film_config"), FilmConfig):
+        return extras["film_config"]
+    param = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "param.json")
+    if os.path.basename(os.path.dirname(os.path.abspath(path))) == "model" and os.path.isfile(param):
+        try:
+            with open(param) as f:
+                d = json.load(f).get("model_config")
+            return FilmConfig.from_dict(d) if d is not None else None
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            raise FilmError(f"{param}: unreadable model_config ({e})") from None
+    return None
+
+
+def load_checkpoint(path: str | os.PathLike, cfg: FilmConfig | None = OFFICIAL) -> Checkpoint:
+    """Read any supported checkpoint, unwrap it, validate it against the schema, return float32 tensors.
+
+    cfg=None: the configuration stored with the weights (:func:`stored_config`), else the official one."""
     path = os.fspath(path)
     raw = read_raw(path)
     sd, extras = unwrap(raw, path)
+    if cfg is None:
+        cfg = stored_config(path, extras) or OFFICIAL
+    extras.pop("film_config", None)
     validate(sd, cfg, path)
     schema = param_schema(cfg)
     ordered = OrderedDict((k, np.ascontiguousarray(sd[k], dtype=np.float32)) for k in schema)
-    return Checkpoint(ordered, extras, detect_format(path))
+    return Checkpoint(ordered, extras, detect_format(path), cfg)
 
 
 def save_checkpoint(
@@ -247,7 +274,8 @@ def save_checkpoint(
 
         from film.common.safeio import atomic_path
 
-        meta = {"format": "pt", "producer": "film-fusion"}
+        # the network's configuration travels with the weights (as HF's config.json does); load_fuser reads it
+        meta = {"format": "pt", "producer": "film-fusion", "film_config": json.dumps(cfg.to_dict())}
         for key in ("epoch", "step"):
             if isinstance(extras.get(key), (int, np.integer)):
                 meta[key] = str(int(extras[key]))
@@ -255,8 +283,9 @@ def save_checkpoint(
             save_file(dict(sd), tmp, metadata=meta)
 
 
-def convert(src: str, dst: str, cfg: FilmConfig = OFFICIAL, keep_optimizer: bool = False) -> Checkpoint:
-    """Convert between any two formats; the tensors are copied bit for bit."""
+def convert(src: str, dst: str, cfg: FilmConfig | None = None, keep_optimizer: bool = False) -> Checkpoint:
+    """Convert between any two formats; the tensors are copied bit for bit. cfg=None: the configuration
+    stored with the weights, else the official one."""
     if os.path.abspath(src) == os.path.abspath(dst):
         raise FilmError(f"{dst}: output would overwrite the input")
     detect_format(dst)
@@ -265,6 +294,9 @@ def convert(src: str, dst: str, cfg: FilmConfig = OFFICIAL, keep_optimizer: bool
     check_output_file(dst)  # an unwritable output is refused before the input is read
     raw = read_raw(src)
     sd, extras = unwrap(raw, src)
+    if cfg is None:
+        cfg = stored_config(src, extras) or OFFICIAL
+    extras.pop("film_config", None)
     validate(sd, cfg, src)
     save_checkpoint(dst, sd, extras, cfg, keep_optimizer=keep_optimizer)
-    return Checkpoint(OrderedDict((k, sd[k]) for k in param_schema(cfg)), extras, detect_format(src))
+    return Checkpoint(OrderedDict((k, sd[k]) for k in param_schema(cfg)), extras, detect_format(src), cfg)

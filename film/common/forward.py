@@ -1,10 +1,16 @@
 """The FILM forward computation, written once for both backends.
 
 Each function takes a module ``m`` (whose sub-modules and parameters carry the official names) and
-``ops``, the backend's ``ops`` module: a dozen small primitives with identical signatures in
+``ops``, the backend's ``ops`` module: small primitives with identical signatures in
 ``film/backends/torch/ops.py`` and ``film/backends/jittor/ops.py``. Tensor methods used here
-(``reshape``, ``transpose``, ``chunk``, ``shape``, ``*``, ``+``) behave the same in both frameworks.
+(``reshape``, ``transpose``, ``shape``, ``*``, ``+``) behave the same in both frameworks.
 Keeping the computation in one place means the two backends cannot drift apart in layer order.
+
+Image feature maps are (B, C, H, W) *logically*; where a backend stores them channels-last (the Jittor
+backend on oneDNN keeps them physically NHWC, as oneDNN's fast convolutions want), every access that
+depends on the memory order goes through ``ops``: ``image_dims``, ``split_channels``, ``cat_channels``,
+``qkv_heads`` / ``from_channel_heads`` (the MDTA's (B, heads, C/heads, H*W) rows), ``to_nchw`` /
+``from_nchw`` (the official token ``view`` of an NCHW map, network input and output).
 
 Restates the official ``net/Film.py`` / ``net/restormer.py`` (IF-FILM) forward.
 """
@@ -13,24 +19,23 @@ from __future__ import annotations
 
 
 def tap(taps, name, x, ops) -> None:
-    if taps is not None:
-        taps[name] = ops.detach(x)
+    if taps is not None:  # image maps recorded as NCHW whatever the backend's memory order
+        taps[name] = ops.detach(ops.to_nchw(x) if len(x.shape) == 4 else x)
 
 
 def mdta(m, ops, x):
     """Restormer Multi-DConv Head Transposed Attention over channels. (B,C,H,W) -> (B,C,H,W)."""
-    b, c, h, w = x.shape
-    qkv = m.qkv_dwconv(m.qkv(x)).reshape(b, 3, m.num_heads, c // m.num_heads, h * w)
-    q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+    b, c, h, w = ops.image_dims(x)
+    q, k, v = ops.qkv_heads(m.qkv_dwconv(m.qkv(x)), m.num_heads)
     q = ops.l2_normalize(q, m.eps)
     k = ops.l2_normalize(k, m.eps)
     attn = ops.softmax(ops.gram(q, k) * m.temperature)
-    return m.project_out(ops.matmul(attn, v).reshape(b, c, h, w))
+    return m.project_out(ops.from_channel_heads(ops.matmul(attn, v), b, c, h, w))
 
 
 def gdfn(m, ops, x):
     """Restormer Gated-Dconv Feed-Forward Network. (B,C,H,W) -> (B,C,H,W)."""
-    x1, x2 = m.dwconv(m.project_in(x)).chunk(2, 1)
+    x1, x2 = ops.split_channels(m.dwconv(m.project_in(x)), 2)
     return m.project_out(ops.gelu(x1) * x2)
 
 
@@ -58,7 +63,7 @@ def image_to_tokens(m, ops, x):
 
     The official ``view`` cuts the flattened (C, 288, 384) map into consecutive runs of hidden_dim values.
     """
-    x = ops.resize_nearest(m.conv(x), m.token_grid)
+    x = ops.to_nchw(ops.resize_nearest(m.conv(x), m.token_grid))
     return x.reshape(x.shape[0], -1, m.hidden_dim)
 
 
@@ -73,12 +78,12 @@ def cablock_branch(m, ops, s: str, ca_name: str, image, text, taps, prefix: str)
     # adaptive_avg_pool1d over the text length, then L1 normalisation over the hidden_dim channels.
     ca = ops.l1_normalize(ops.mean_keepdim(ca, 1), cfg.normalize_eps)
     tap(taps, f"{prefix}.{ca_name}", ca, ops)
-    h, w = feat.shape[-2], feat.shape[-1]
+    b, _, h, w = ops.image_dims(feat)
     gh, gw = cfg.token_grid
     # The official code also resizes `feat` to (H, W) twice here: identities, skipped.
-    ca = ops.resize_nearest((tokens * ca).reshape(feat.shape[0], cfg.image2text_dim, gh, gw), (h, w))
+    ca = ops.resize_nearest(ops.from_nchw((tokens * ca).reshape(b, cfg.image2text_dim, gh, gw)), (h, w))
     side = getattr(m, f"prelu{s}2")(getattr(m, f"conv{s}2")(ca)) + feat
-    out = getattr(m, f"prelu{s}3")(getattr(m, f"conv{s}3")(ops.cat([feat, side], 1)))
+    out = getattr(m, f"prelu{s}3")(getattr(m, f"conv{s}3")(ops.cat_channels([feat, side])))
     tap(taps, f"{prefix}.out{s}", out, ops)
     return out
 
@@ -98,10 +103,10 @@ def net(m, ops, imageA, imageB, text, taps=None):
     """FILM: (B,1,H,W), (B,1,H,W), (B,L,768) -> (B,1,H,W) in (0, 1)."""
     text = m.text_process(text)
     tap(taps, "text_process", text, ops)
-    a, b = imageA, imageB
+    a, b = ops.from_nchw(imageA), ops.from_nchw(imageB)
     for i in range(1, m.cfg.num_cablocks + 1):
         a, b = getattr(m, f"restormerca{i}")(a, b, text, taps, f"restormerca{i}")
-    x = m.restormer1(ops.cat([a, b], 1))
+    x = m.restormer1(ops.cat_channels([a, b]))
     tap(taps, "restormer1", x, ops)
     x = m.conv1(x)
     tap(taps, "conv1", x, ops)
@@ -112,4 +117,4 @@ def net(m, ops, imageA, imageB, text, taps=None):
     # The official attribute is called "softmax" but is a Sigmoid (no parameters).
     x = ops.sigmoid(m.conv2(x))
     tap(taps, "head", x, ops)
-    return x
+    return ops.to_nchw(x)

@@ -4,7 +4,8 @@ Same definitions and input handling as the official class (images float32 with i
 0..255 as read by ``image_read_cv2(..., 'GRAY')``); the speed comes from computing shared
 intermediate results once (VIFF's filtered fused image is reused for A and B, Sobel responses of F
 for Qabf), separable Gaussian filtering instead of 2-D ``convolve2d``, and histogram-based mutual
-information. ``benchmarks/metrics_bench.py`` checks the numbers against a straightforward port.
+information. ``film bench --metrics`` and tests/test_metrics.py check the numbers against a straightforward port
+(``benchmarks/reference_metrics.py``).
 
 Precision: the official code computes with float32 images; where it does so, this module does too
 (EN, SD, SF, AG, MSE, CC, PSNR, SCD, Qabf), so results agree to float rounding. VIFF is computed in

@@ -8,7 +8,7 @@ the loaders validate against :func:`param_schema`, and the tests compare both wi
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 Shape = tuple[int, ...]
 
@@ -59,6 +59,20 @@ class FilmConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FilmConfig:
+        """The inverse of :meth:`to_dict` (JSON turns the token grid into a list); unknown keys are an error."""
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a dict, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown FilmConfig fields {unknown}")
+        d = dict(d)
+        if "token_grid" in d:
+            d["token_grid"] = tuple(int(v) for v in d["token_grid"])
+        return cls(**d)
 
 
 OFFICIAL = FilmConfig()

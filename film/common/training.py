@@ -156,15 +156,13 @@ def latest_checkpoint(run_dir: str, ext: str) -> tuple[str, int] | None:
 
 
 class RunLog:
-    def __init__(self, run_dir: str):
-        self.path = os.path.join(run_dir, "log.txt")
-        self.writer = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter  # optional, needs the tensorboard package
+    """log.txt (the official format) plus TensorBoard scalars when the backend offers a writer
+    (``trainer.scalar_writer(run_dir)``: torch's SummaryWriter when tensorboard is installed); this module
+    itself imports no framework."""
 
-            self.writer = SummaryWriter(run_dir)
-        except Exception:  # tensorboard not installed: scalars go to log.txt only
-            self.writer = None
+    def __init__(self, run_dir: str, writer=None):
+        self.path = os.path.join(run_dir, "log.txt")
+        self.writer = writer
 
     def line(self, msg: str, echo: bool = False) -> None:
         with guarded_write(self.path, "the training log"), open(self.path, "a") as f:
@@ -259,12 +257,13 @@ def train(cfg: TrainConfig, trainer) -> str:
                 "optim_step": cfg.step_size,
                 "optim_gamma": cfg.gamma,
                 "gradweight": cfg.grad_weight,
+                "model_config": trainer.model_cfg.to_dict(),  # read back by load_fuser for model/ckpt_*
             }
             from film.common.safeio import atomic_write_bytes
 
             atomic_write_bytes(os.path.join(run_dir, "param.json"), json.dumps(params, indent=2).encode())
             copy_code(run_dir, cfg.backend)
-    log = RunLog(run_dir) if main else None
+    log = RunLog(run_dir, getattr(trainer, "scalar_writer", lambda d: None)(run_dir)) if main else None
     per_epoch = len(data) // cfg.batch_size
     share = cfg.batch_size // world
     total = cfg.epochs * per_epoch

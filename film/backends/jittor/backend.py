@@ -85,4 +85,7 @@ def forward_numpy(
 
 
 def describe() -> str:
-    return f"jittor {jt.__version__}" + (" (CUDA)" if jt.flags.use_cuda else " (CPU)")
+    from film.backends.jittor.runtime import onednn_status
+
+    where = " (CUDA)" if jt.flags.use_cuda else f" (CPU, convolutions and matmuls: {onednn_status()})"
+    return f"jittor {jt.__version__}{where}"

@@ -7,6 +7,8 @@ the PyTorch backend. Loading is strict here (Jittor's own ``load_state_dict`` on
 
 from __future__ import annotations
 
+import os
+
 import jittor as jt
 import numpy as np
 from jittor import nn
@@ -17,10 +19,21 @@ from film.common.spec import OFFICIAL, FilmConfig
 
 
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` (same parameters) with fast paths for the 1x1 and depth-wise 3x3 cases FILM uses."""
+    """``nn.Conv2d`` (same parameters): every FILM convolution (stride 1) on oneDNN when Jittor has it,
+    forward and backward; otherwise fast Jittor paths for the 1x1 and depth-wise 3x3 cases."""
 
     def execute(self, x):
         k, g = tuple(self.kernel_size), self.groups
+        p = tuple(self.padding)
+        if (
+            tuple(self.stride) == (1, 1)
+            and tuple(self.dilation) == (1, 1)
+            and p[0] == p[1]
+            and ops.onednn() is not None
+        ):
+            return ops.conv2d_onednn(x, self.weight, self.bias, p[0], g)
+        if ops.is_nhwc():
+            raise RuntimeError("the channels-last layout needs oneDNN convolutions (stride 1)")
         if k == (1, 1) and g == 1 and tuple(self.stride) == (1, 1) and tuple(self.padding) == (0, 0):
             return ops.conv1x1(x, self.weight, self.bias)
         if (
@@ -31,6 +44,13 @@ class Conv2d(nn.Conv2d):
         ):
             return ops.depthwise3x3(x, self.weight, self.bias)
         return super().execute(x)
+
+
+class PReLU(nn.PReLU):
+    """``nn.PReLU`` (same ``weight``) whose slope gradient is accumulated in float64 (ops.prelu)."""
+
+    def execute(self, x):
+        return ops.prelu(x, self.weight)
 
 
 class WithBias_LayerNorm(nn.Module):
@@ -132,11 +152,11 @@ class restormer_cablock(nn.Module):
             setattr(
                 self, f"conv{s}1", Conv2d(input_channel, d, kernel_size=3, stride=1, padding=1, bias=cfg.bias)
             )
-            setattr(self, f"prelu{s}1", nn.PReLU())
+            setattr(self, f"prelu{s}1", PReLU())
             setattr(self, f"conv{s}2", Conv2d(i2t, d, kernel_size=1))
-            setattr(self, f"prelu{s}2", nn.PReLU())
+            setattr(self, f"prelu{s}2", PReLU())
             setattr(self, f"conv{s}3", Conv2d(2 * d, d, kernel_size=1))
-            setattr(self, f"prelu{s}3", nn.PReLU())
+            setattr(self, f"prelu{s}3", PReLU())
         self.restormerA1 = TransformerBlock(d, cfg.ca_heads, cfg.ca_ffn_factor, cfg)
         self.restormerB1 = TransformerBlock(d, cfg.ca_heads, cfg.ca_ffn_factor, cfg)
         self.cross_attentionA1 = CrossAttention(e, cfg.cross_attn_heads)
@@ -170,9 +190,23 @@ class Net(nn.Module):
         self.restormer3 = TransformerBlock(m, cfg.decoder_num_heads, cfg.ffn_factor, cfg)
         self.conv1 = Conv2d(2 * m, m, kernel_size=1)
         self.conv2 = Conv2d(m, cfg.out_channel, kernel_size=1)
+        # None: NHWC for inference when oneDNN runs the convolutions, else NCHW. Training stays NCHW, as torch's
+        # does: in channels-last order the float32 weight gradients of the scalar PReLU slopes (sums over
+        # every pixel with heavy cancellation) land ~3x farther from float64 (docs/training.md)
+        self._layout: str | None = None
+
+    def uses_nhwc(self) -> bool:
+        if self._layout is not None:
+            return self._layout == "nhwc"
+        return (
+            not self.is_training()
+            and ops.onednn() is not None
+            and os.environ.get("FILM_JITTOR_LAYOUT", "auto") != "nchw"
+        )
 
     def execute(self, imageA, imageB, text, taps: dict | None = None):
-        return fw.net(self, ops, imageA, imageB, text, taps)
+        with ops.layout(self.uses_nhwc()):
+            return fw.net(self, ops, imageA, imageB, text, taps)
 
     def load_state_dict(self, params) -> None:
         """Strict: every schema tensor, nothing else, every shape (Jittor's own version only logs)."""

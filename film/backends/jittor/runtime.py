@@ -5,7 +5,12 @@ happens right before ``import jittor`` and uses ``os.environ.setdefault`` (a use
 
 * no GPU (or ``device='cpu'``): ``nvcc_path=""`` — otherwise Jittor finds a CUDA toolkit without a
   driver and dies loading libcudart; the build is CPU-only.
-* always ``use_mkl=0`` — otherwise Jittor tries to download oneDNN, which fails offline.
+* oneDNN without a download: Jittor's ``mkl`` ops (its convolutions, forward and backward) need oneDNN 2.2,
+  which Jittor would download. ``pip install 'film-fusion[jittor]'`` brings that exact version from PyPI
+  (``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` 2021.2.0, into ``<env>/lib`` and ``<env>/include``); we
+  link it where Jittor looks before downloading (``<jittor home>/.cache/jittor/mkl/dnnl_lnx_2.2.0_cpu_gomp``)
+  and set ``use_mkl=1``. Where it is missing or does not load, ``use_mkl=0`` (Jittor's own kernels) with a
+  one-line note; :func:`onednn_status` says which path runs. docs/jittor_onednn.md has the recipe.
 * CUDA 13 (see docs/gpu.md): the cudaDeviceProp fields Jittor reads were removed; a ``-D`` shim and
   C++20 make its headers compile, cutlass/cutt/nccl (downloads) are off, and its own convolution is
   used instead of cuDNN 8 names. Built in a separate cache (``cache_name``).
@@ -20,7 +25,9 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -75,12 +82,98 @@ def bind_rank_to_gpu() -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = ids[int(local) % len(ids)]
 
 
+ONEDNN_DIR = "dnnl_lnx_2.2.0_cpu_gomp"  # the folder Jittor 1.3.11's install_mkl would download and unpack
+_onednn_note = ""  # why the fallback runs, for onednn_status()
+
+
+def jittor_home() -> str:
+    """Jittor's home as ``jittor_utils.home()`` computes it (without importing Jittor)."""
+    if os.environ.get("JITTOR_HOME"):
+        return os.path.abspath(os.environ["JITTOR_HOME"])
+    try:
+        with open(os.path.join(os.path.expanduser("~"), ".cache", "jittor", "config.json")) as f:
+            return os.path.abspath(json.load(f).get("JITTOR_HOME", os.path.expanduser("~")))
+    except (OSError, ValueError, AttributeError):
+        return os.path.expanduser("~")
+
+
+def pip_onednn() -> tuple[str, str] | None:
+    """(include, lib) of oneDNN 2.2 installed by pip into this Python environment, or None."""
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        inc, lib = os.path.join(prefix, "include"), os.path.join(prefix, "lib")
+        version = os.path.join(inc, "oneapi", "dnnl", "dnnl_version.h")
+        try:
+            with open(version) as f:
+                text = f.read()
+        except OSError:
+            continue
+        if "DNNL_VERSION_MAJOR 2" in text and "DNNL_VERSION_MINOR 2" in text and os.path.isfile(
+            os.path.join(lib, "libmkldnn.so")
+        ):
+            return inc, lib
+    return None
+
+
+def link_onednn(inc: str, lib: str) -> str:
+    """Make <jittor home>/.cache/jittor/mkl/dnnl_lnx_2.2.0_cpu_gomp point at this environment's oneDNN
+    (links, re-pointed when they lead elsewhere; a real folder from Jittor's own download is left alone)."""
+    home = os.path.join(jittor_home(), ".cache", "jittor", "mkl", ONEDNN_DIR)
+    libdir = os.path.join(home, "lib")
+    os.makedirs(libdir, exist_ok=True)
+    links = {os.path.join(home, "include"): inc}
+    for name in os.listdir(lib):
+        if name.startswith(("libdnnl.so", "libmkldnn.so")):
+            links[os.path.join(libdir, name)] = os.path.join(lib, name)
+    for dst, src in links.items():
+        if os.path.islink(dst) and os.readlink(dst) == src:
+            continue
+        if os.path.exists(dst) and not os.path.islink(dst):
+            continue  # Jittor's own download: keep it
+        tmp = f"{dst}.film-{os.getpid()}"
+        os.symlink(src, tmp)
+        os.replace(tmp, dst)
+    return home
+
+
+def configure_onednn() -> None:
+    """use_mkl=1 with pip's oneDNN 2.2 where available (see the module doc), else use_mkl=0; a user's own
+    ``use_mkl`` wins."""
+    global _onednn_note
+    if "use_mkl" in os.environ:
+        if os.environ["use_mkl"] == "0":
+            _onednn_note = "use_mkl=0 set"
+        return
+    found = pip_onednn() if platform.system() == "Linux" and platform.machine() == "x86_64" else None
+    if found is None:
+        _onednn_note = "oneDNN 2.2 not installed (pip install onednn-cpu-gomp==2021.2.0 onednn-devel-cpu-gomp==2021.2.0)"
+        os.environ["use_mkl"] = "0"
+        return
+    try:
+        link_onednn(*found)
+    except OSError as e:
+        _onednn_note = f"cannot link oneDNN into Jittor's cache ({e.strerror or e})"
+        os.environ["use_mkl"] = "0"
+        return
+    os.environ["use_mkl"] = "1"
+
+
+def onednn_status() -> str:
+    """Which convolution path Jittor runs: 'oneDNN 2.2 (...)' or "Jittor's own kernels (why)"."""
+    if os.environ.get("use_mkl") == "1":
+        found = pip_onednn()
+        return f"oneDNN 2.2 ({found[1] if found else 'Jittor cache'})"
+    return f"Jittor's own kernels ({_onednn_note or 'use_mkl=0'})"
+
+
 def configure_env(device: str = "auto") -> str:
     """Set Jittor's environment for ``device`` ('auto', 'cpu', 'cuda'); return the resolved device."""
     want_cuda = device.startswith("cuda") or (device == "auto" and has_nvidia_gpu())
     if device.startswith("cuda") and not has_nvidia_gpu():
         raise FilmError(f"device {device!r} requested but no NVIDIA GPU is visible")
-    os.environ.setdefault("use_mkl", "0")
+    if want_cuda:
+        os.environ.setdefault("use_mkl", "0")
+    else:
+        configure_onednn()
     if os.environ.get("FILM_JITTOR_VERBOSE", "0") != "1":
         os.environ.setdefault("log_silent", "1")
     if not want_cuda:
@@ -113,7 +206,7 @@ def _stamp_path() -> str:
         "conv_opt",
     )
     ident = "|".join([sys.executable, sys.version] + [f"{k}={os.environ.get(k, '')}" for k in keys])
-    ident += f"|mpicc={mpicc() or ''}"  # installing OpenMPI later makes Jittor compile its MPI ops: warm up again
+    ident += f"|mpicc={mpicc() or ''}|onednn={pip_onednn()}"  # installing OpenMPI later makes Jittor compile its MPI ops: warm up again
     try:
         from importlib.metadata import version
 
@@ -125,10 +218,32 @@ def _stamp_path() -> str:
     return os.path.join(root, "film-fusion", f"jittor-ready-{h}")
 
 
+def _write_stamp(stamp: str, text: str) -> None:
+    os.makedirs(os.path.dirname(stamp), exist_ok=True)
+    with open(stamp, "w") as f:
+        f.write(text + "\n")
+
+
+def _fall_back_to_own_kernels(why: str, quiet: bool) -> None:
+    global _onednn_note
+    _onednn_note = why
+    os.environ["use_mkl"] = "0"
+    if not quiet:
+        print(f"film: Jittor runs without oneDNN ({why}); its own kernels are slower", file=sys.stderr, flush=True)
+
+
 def warm_up(quiet: bool = False) -> None:
-    """Import Jittor in child processes until it imports without asking for a rerun (first use compiles)."""
+    """Import Jittor in child processes until it imports without asking for a rerun (first use compiles).
+
+    With ``use_mkl=1`` the child also checks that Jittor's oneDNN ops loaded; where they did not, Jittor is
+    prepared again with its own kernels (``use_mkl=0``), and the failure is remembered in the stamp."""
     stamp = _stamp_path()
     if os.path.exists(stamp):
+        with open(stamp) as f:
+            text = f.read().strip()
+        if text.startswith("no-mkl:") and os.environ.get("use_mkl") == "1":
+            _fall_back_to_own_kernels(text[len("no-mkl:") :].strip(), quiet=True)
+            warm_up(quiet)
         return
     if not quiet:
         print(
@@ -136,22 +251,34 @@ def warm_up(quiet: bool = False) -> None:
             file=sys.stderr,
             flush=True,
         )
-    code = "import jittor as jt; v = (jt.ones(2) * 2).sum().item(); print('FILM_JITTOR_OK', v)"
+    code = (
+        "import jittor as jt; v = (jt.ones(2) * 2).sum().item(); print('FILM_JITTOR_OK', v); "
+        "from jittor import compile_extern as ce; print('FILM_JITTOR_MKL', ce.mkl_ops is not None)"
+    )
     # the child is a plain process even under mpirun (it still compiles the MPI ops when mpicc exists):
     # OpenMPI's variables would make it a second, unexpected MPI process
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
+    want_mkl = os.environ.get("use_mkl") == "1"
     last = ""
     for _ in range(3):
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
         last = (r.stdout + r.stderr).strip()
         if r.returncode == 0 and "FILM_JITTOR_OK 4.0" in r.stdout:
-            os.makedirs(os.path.dirname(stamp), exist_ok=True)
-            with open(stamp, "w") as f:
-                f.write("ok\n")
+            if want_mkl and "FILM_JITTOR_MKL True" not in r.stdout:
+                why = "its oneDNN ops did not load"
+                _write_stamp(stamp, f"no-mkl: {why}")
+                _fall_back_to_own_kernels(why, quiet)
+                return warm_up(quiet)
+            _write_stamp(stamp, "ok")
             return
         if r.returncode != 0:
             break
     tail = "\n".join(last.splitlines()[-15:])
+    if want_mkl:  # e.g. oneDNN's headers or library unusable: the build without it may still work
+        why = "building its oneDNN ops failed: " + (last.splitlines()[-1][:160] if last else "no output")
+        _write_stamp(stamp, f"no-mkl: {why}")
+        _fall_back_to_own_kernels(why, quiet)
+        return warm_up(quiet)
     raise FilmError(f"Jittor could not be prepared on this machine:\n{tail}")
 
 

@@ -1,4 +1,5 @@
-"""PyTorch backend entry points used by film.api / cli / tests (mirrored by jittor/backend.py)."""
+"""PyTorch backend entry points used by film.api / cli / tests. jittor/backend.py has the same functions
+except the channels_last ("fast") layout ones (set_fast, is_fast, input_format): Jittor has no such layout."""
 
 from __future__ import annotations
 

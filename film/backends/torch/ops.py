@@ -70,10 +70,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     return F.scaled_dot_product_attention(q, k, v)
 
 
-def cat(xs: list[torch.Tensor], dim: int) -> torch.Tensor:
-    return torch.cat(xs, dim)
-
-
 def sigmoid(x: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(x)
 
@@ -97,3 +93,39 @@ def gram(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 def detach(x: torch.Tensor) -> torch.Tensor:
     return x.detach()
+
+
+# Memory-order accessors of film.common.forward. torch keeps image maps logically NCHW in every layout
+# (channels_last is a stride pattern, not a shape), so these are plain NCHW reshapes and identities.
+
+
+def image_dims(x: torch.Tensor) -> tuple[int, int, int, int]:
+    b, c, h, w = x.shape
+    return b, c, h, w
+
+
+def split_channels(x: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+    return x.chunk(n, 1)
+
+
+def cat_channels(xs: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(xs, 1)
+
+
+def qkv_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, 3C, H, W) -> q, k, v of shape (B, heads, C/heads, H*W): the official rearrange of the MDTA."""
+    b, c3, h, w = qkv.shape
+    qkv = qkv.reshape(b, 3, heads, c3 // 3 // heads, h * w)
+    return qkv[:, 0], qkv[:, 1], qkv[:, 2]
+
+
+def from_channel_heads(y: torch.Tensor, b: int, c: int, h: int, w: int) -> torch.Tensor:
+    return y.reshape(b, c, h, w)
+
+
+def to_nchw(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def from_nchw(x: torch.Tensor) -> torch.Tensor:
+    return x

@@ -68,6 +68,15 @@ class Trainer:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
 
+    @staticmethod
+    def scalar_writer(run_dir: str):
+        """TensorBoard scalars next to log.txt, when the tensorboard package is installed; else None."""
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # tensorboard missing (ImportError) or broken: log.txt only
+            return None
+        return SummaryWriter(run_dir)
+
     def share(self, obj):
         """Rank 0's value of ``obj`` on every rank (e.g. the run folder name, which holds a timestamp)."""
         if self.world == 1:
