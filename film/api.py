@@ -122,7 +122,8 @@ class Fuser:
     checkpoint: Checkpoint | None = None
 
     @property
-    def _impl(self):
+    def impl(self):
+        """The backend module (:class:`film.backends.base.Backend`)."""
         return get_backend(self.backend, self.device)
 
     def fuse(self, a: np.ndarray, b: np.ndarray, text: np.ndarray, taps: dict | None = None) -> np.ndarray:
@@ -140,7 +141,7 @@ class Fuser:
             raise FilmError(f"a and b differ in shape: {a4.shape[-2:]} vs {b4.shape[-2:]}")
         t = check_text(text, self.cfg.text_dim, a4.shape[0])
         check_memory(self.backend, a4.shape[0], a4.shape[2], a4.shape[3], self.device)
-        out = self._impl.forward_numpy(self.model, a4, b4, t, taps=taps)
+        out = self.impl.forward_numpy(self.model, a4, b4, t, taps=taps)
         if squeeze == 2:
             return out[0, 0]
         if squeeze == 3:
@@ -161,9 +162,10 @@ def load_fuser(
     or None for the seeded random weights of :func:`film.common.init.random_state_dict` (demos, tests).
     cfg: the network configuration; None takes the one stored with the weights (safetensors metadata written
     by film, or the run's param.json for ``<run>/model/ckpt_*`` of film train), else the official one.
-    fast: torch only, channels_last convolutions (1.5-1.8x on CPU, outputs 4-8e-6 from the official-style
-    kernels instead of 2e-6). None: the device's default (on for CPU, off for CUDA until measured there);
-    False: the official NCHW kernel order. Ignored by Jittor, which has no such layout.
+    fast: the backend's fast inference layout. torch: channels_last convolutions (1.5-1.8x on CPU, outputs
+    4-8e-6 from the official-style kernels instead of 2e-6); None: the device's default (on for CPU, off for
+    CUDA until measured there). Jittor: NHWC feature maps on oneDNN (~1.3x; None: on when oneDNN runs).
+    False: the official NCHW order in both.
     """
     check_name(backend)
     if checkpoint is not None and not isinstance(checkpoint, dict):
@@ -183,6 +185,5 @@ def load_fuser(
     impl = get_backend(backend, device)
     model = impl.build_model(cfg, ck.state_dict, device)
     dev = str(impl.resolve_device(device))
-    if backend == "torch":
-        impl.set_fast(model, fast)
+    impl.set_fast(model, fast)
     return Fuser(backend, model, cfg, dev, ck)

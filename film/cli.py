@@ -73,7 +73,7 @@ def cmd_parity(args) -> int:
     fusers = {}
     for name in ("torch", "jittor"):
         fusers[name] = load_fuser(sd, backend=name, device=args.device, fast=args.fast)
-        fusers[name]._impl.set_deterministic()
+        fusers[name].impl.set_deterministic()
     inputs = collect_inputs(args.pairs, args.text, fusers["torch"].cfg.text_dim, args.limit)
     ref_model = None
     if not args.no_reference:
@@ -83,7 +83,7 @@ def cmd_parity(args) -> int:
     reports = []
     for label, a, b, text in _progress(inputs, len(inputs), "parity"):
         reports.append(run_pair(fusers, label, a, b, text, ref_model, metrics=args.metrics))
-    print(f"torch: {fusers['torch']._impl.describe()} | jittor: {fusers['jittor']._impl.describe()}")
+    print(f"torch: {fusers['torch'].impl.describe()} | jittor: {fusers['jittor'].impl.describe()}")
     print(format_report(reports, args.atol, args.rtol))
     if args.metrics:
         from film.parity import format_metrics
@@ -96,24 +96,42 @@ def cmd_parity(args) -> int:
 
 
 def cmd_fuse(args) -> int:
-    from film.fuse import run_fuse
+    from film.fuse import fuse_folder
 
     t0 = time.time()
-    n, out = run_fuse(args)
-    print(f"fused {n} pair(s) with {args.backend} in {time.time() - t0:.1f}s -> {out}")
+    n = fuse_folder(
+        args.output, args.checkpoint, a=args.a, b=args.b, pairs=args.pairs, h5=args.h5, text=args.text,
+        random_text=args.random_text, backend=args.backend, device=args.device, color=args.color, grid=args.grid,
+        batch_size=args.batch_size, fast=args.fast,
+    )
+    print(f"fused {n} pair(s) with {args.backend} in {time.time() - t0:.1f}s -> {args.output}")
     return 0
 
 
 def cmd_eval(args) -> int:
-    from film.evaluate import run_eval
+    from film.evaluate import evaluate, format_table
 
-    return run_eval(args)
+    results = evaluate(args.fused, args.a, args.b, args.metrics, args.json, args.csv)
+    dataset = args.dataset or os.path.basename(os.path.dirname(os.path.normpath(args.a))) or "dataset"
+    print(format_table(results, list(next(iter(results.values()))["mean"]), dataset))
+    return 0
 
 
 def cmd_train(args) -> int:
-    from film.train import run_train
+    from film.common.spec import OFFICIAL, TINY
+    from film.train import is_main_process, launch, train
 
-    return run_train(args, sys.argv[1:] if args.argv is None else args.argv)
+    if args.nproc is not None and args.nproc != 1:
+        return launch(args.backend, args.device, args.nproc, sys.argv[1:] if args.argv is None else args.argv)
+    run_dir = train(
+        args.h5, backend=args.backend, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        step_size=args.step_size, gamma=args.gamma, grad_weight=args.grad_weight, ssim_weight=args.ssim_weight,
+        seed=args.seed, device=args.device, init=args.init, resume=args.resume, max_steps=args.max_steps,
+        model_cfg=TINY if args.config == "tiny" else OFFICIAL,
+    )
+    if is_main_process():
+        print(f"run folder: {run_dir}")
+    return 0
 
 
 def cmd_text(args) -> int:
@@ -167,9 +185,12 @@ def cmd_bench(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from film.prepare import run_prepare
+    from film.prepare import prepare_h5
 
-    return run_prepare(args)
+    n, out = prepare_h5(args.output, vlf=args.vlf, task=args.task, dataset=args.dataset, split=args.split,
+                        small=args.small, a=args.a, b=args.b, text=args.text, name=args.name)
+    print(f"wrote {n} samples to {out}")
+    return 0
 
 
 # --------------------------------------------------------------------------- parser

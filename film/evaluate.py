@@ -12,7 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from film.common.images import list_images, read_gray
-from film.common.metrics import METRICS, evaluate
+from film.common.metrics import METRICS
+from film.common.metrics import evaluate as evaluate_images
 from film.common.safeio import atomic_write_bytes, check_output_file
 from film.errors import FilmError
 
@@ -48,7 +49,7 @@ def eval_folder(
             raise FilmError(f"{name}: sizes differ (fused {f.shape}, A {ia.shape}, B {ib.shape})")
         if min(f.shape) < 7:
             raise FilmError(f"{name}: {f.shape[1]}x{f.shape[0]} is too small for SSIM/VIFF (at least 7x7)")
-        return name, evaluate(f, ia, ib, metrics)
+        return name, evaluate_images(f, ia, ib, metrics)
 
     names = sorted(fused)
     workers = workers or min(len(names), os.cpu_count() or 1)
@@ -76,26 +77,37 @@ def format_table(results: dict[str, dict], metrics: list[str], dataset: str) -> 
     return "\n".join(lines)
 
 
-def run_eval(args) -> int:
-    metrics = _metric_list(args.metrics)
-    for target in (args.json, args.csv):  # refuse an unwritable output before computing anything
+def evaluate(
+    fused: list[str] | str,
+    a: str,
+    b: str,
+    metrics: list[str] | None = None,
+    json_path: str | None = None,
+    csv_path: str | None = None,
+) -> dict[str, dict]:
+    """The twelve official metrics of one or more folders of fused images against the A and B folders.
+
+    Returns {method label: {"mean": {metric: value}, "per_image": {name: {metric: value}}}} (label: the
+    folder's name, or its parent's for .../Gray); ``json_path`` / ``csv_path`` also write them (checked
+    writable before anything is computed)."""
+    fused = [fused] if isinstance(fused, str) else list(fused)
+    metrics = _metric_list(metrics)
+    for target in (json_path, csv_path):  # refuse an unwritable output before computing anything
         if target:
             check_output_file(target)
     labels = []
-    for d in args.fused:
+    for d in fused:
         label = os.path.basename(os.path.normpath(d))
         if label.lower() in ("gray", "color") and os.path.dirname(os.path.normpath(d)):
             label = os.path.basename(os.path.dirname(os.path.normpath(d)))
         while label in labels:
             label += "'"
         labels.append(label)
-    results = {label: eval_folder(d, args.a, args.b, metrics) for label, d in zip(labels, args.fused)}
-    dataset = args.dataset or os.path.basename(os.path.dirname(os.path.normpath(args.a))) or "dataset"
-    print(format_table(results, metrics, dataset))
-    if args.json:
+    results = {label: eval_folder(d, a, b, metrics) for label, d in zip(labels, fused)}
+    if json_path:
         payload = results[labels[0]] if len(labels) == 1 else results
-        atomic_write_bytes(args.json, json.dumps(payload, indent=2).encode())
-    if args.csv:
+        atomic_write_bytes(json_path, json.dumps(payload, indent=2).encode())
+    if csv_path:
         buf = io.StringIO()
         wr = csv.writer(buf)
         wr.writerow(["method", "image", *metrics])
@@ -103,5 +115,5 @@ def run_eval(args) -> int:
             for name, vals in res["per_image"].items():
                 wr.writerow([label, name, *[repr(vals[m]) for m in metrics]])
             wr.writerow([label, "mean", *[repr(res["mean"][m]) for m in metrics]])
-        atomic_write_bytes(args.csv, buf.getvalue().encode())
-    return 0
+        atomic_write_bytes(csv_path, buf.getvalue().encode())
+    return results

@@ -27,6 +27,26 @@ from film.errors import FilmError
 
 
 @dataclass
+class FuseOptions:
+    """What :func:`fuse_folder` was asked to do (the ``film fuse`` flags, typed)."""
+
+    output: str
+    checkpoint: str | None = None  # a checkpoint path; None or "random": seeded random weights (demo)
+    backend: str = "torch"
+    device: str = "auto"
+    a: str | None = None  # folder of A images (with b)
+    b: str | None = None
+    pairs: str | None = None  # folder searched for paired sub-folders
+    h5: str | None = None  # an H5 made by film prepare
+    text: str | None = None  # folder of <name>.npy text features
+    random_text: bool = False
+    color: bool = False
+    grid: bool = False
+    batch_size: int = 1
+    fast: bool | None = None
+
+
+@dataclass
 class Item:
     name: str  # output name (may contain a dataset sub-folder)
     a: np.ndarray  # (H, W) float32 in [0, 1]
@@ -161,7 +181,34 @@ def _prepare_dirs(args, items: list[Item]) -> None:
             make_dirs(os.path.dirname(os.path.join(args.output, s, it.name + ".png")))
 
 
-def run_fuse(args) -> tuple[int, str]:
+def fuse_folder(
+    output: str,
+    checkpoint: str | None = None,
+    *,
+    a: str | None = None,
+    b: str | None = None,
+    pairs: str | None = None,
+    h5: str | None = None,
+    text: str | None = None,
+    random_text: bool = False,
+    backend: str = "torch",
+    device: str = "auto",
+    color: bool = False,
+    grid: bool = False,
+    batch_size: int = 1,
+    fast: bool | None = None,
+) -> int:
+    """Fuse every pair of one source (``a`` + ``b`` folders, a ``pairs`` tree, or an ``h5`` file) and write what
+    the official test.py writes: ``output/Gray/<name>.png`` (+ ``Color/``, ``grid/``). Returns the pair count.
+    Every problem is found before any output folder is made; each PNG is written atomically."""
+    if sum(x is not None for x in (a, pairs, h5)) != 1:
+        raise FilmError("give exactly one source: a (with b), pairs, or h5")
+    opts = FuseOptions(output, checkpoint, backend, device, a, b, pairs, h5, text, random_text, color, grid,
+                       batch_size, fast)
+    return _fuse(opts)
+
+
+def _fuse(args: FuseOptions) -> int:
     from film.api import load_fuser
     from film.backends.registry import check_name
 
@@ -171,10 +218,10 @@ def run_fuse(args) -> tuple[int, str]:
     if args.text and args.random_text:
         raise FilmError("--text and --random-text exclude each other")
     fuser = load_fuser(
-        None if args.checkpoint == "random" else args.checkpoint,
+        None if args.checkpoint in (None, "random") else args.checkpoint,
         backend=args.backend,
         device=args.device,
-        fast=getattr(args, "fast", None),
+        fast=args.fast,
     )
     items = collect(args, fuser.cfg.text_dim)
     if not items:
@@ -205,4 +252,4 @@ def run_fuse(args) -> tuple[int, str]:
             for it, f in zip(batch, fused):
                 save_outputs(args, it, f)
             bar.update(len(batch))
-    return len(items), args.output
+    return len(items)

@@ -49,14 +49,14 @@ def run_train_parity(state_dict, h5: str, steps: int = 3, lr: float | None = Non
         state_dict = random_state_dict(model_cfg, seed=seed)
     trainers = {name: make_trainer(name, device, model_cfg) for name in ("torch", "jittor")}
     for t in trainers.values():
-        t._build(cfg, state_dict)
+        t.build(cfg, state_dict)
     a, b, t0 = data[0]
     lt, gt = trainers["torch"].gradients(a, b, t0, cfg)
     lj, gj = trainers["jittor"].gradients(a, b, t0, cfg)
     g64 = {}
     if reference:
         ref = make_trainer("torch", device, model_cfg)
-        ref._build(cfg, state_dict)
+        ref.build(cfg, state_dict)
         ref.model.double()
         _, g64 = ref.gradients(a, b, t0, cfg)
     grads = []

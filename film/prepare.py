@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -125,7 +126,40 @@ def _load_npy(path: str) -> np.ndarray:
     return t
 
 
-def run_prepare(args) -> int:
+@dataclass
+class PrepareOptions:
+    output: str
+    vlf: str | None = None
+    task: str | None = None
+    dataset: str | None = None
+    split: str | None = None
+    small: bool = False
+    a: str | None = None
+    b: str | None = None
+    text: str | None = None
+    name: str | None = None
+
+
+def prepare_h5(
+    output: str,
+    *,
+    vlf: str | None = None,
+    task: str | None = None,
+    dataset: str | None = None,
+    split: str | None = None,
+    small: bool = False,
+    a: str | None = None,
+    b: str | None = None,
+    text: str | None = None,
+    name: str | None = None,
+) -> tuple[int, str]:
+    """Build the H5 that the official ``H5ImageTextDataset`` opens: from the VLF layout (``vlf``, ``task``,
+    ``dataset``, ``split``; ``small`` = the official training resize), or from your own ``a``/``b`` image
+    folders and a ``text`` folder of <name>.npy. Returns (samples, path of OUTPUT/<name>_<split>.h5)."""
+    return _prepare(PrepareOptions(output, vlf, task, dataset, split, small, a, b, text, name))
+
+
+def _prepare(args: PrepareOptions) -> tuple[int, str]:
     if args.vlf:
         for opt in ("task", "dataset", "split"):
             if not getattr(args, opt):
@@ -181,6 +215,4 @@ def run_prepare(args) -> int:
         out_name = f"{name}_{args.split}.h5" if args.split else f"{name}.h5"
     make_dirs(args.output)
     out = os.path.join(args.output, out_name)
-    n = build_h5(out, samples, small)
-    print(f"wrote {n} samples to {out}")
-    return 0
+    return build_h5(out, samples, small), out

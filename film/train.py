@@ -3,59 +3,17 @@
 from __future__ import annotations
 
 from film.backends.registry import check_name, get_backend
-from film.common.training import TrainConfig, read_run_params, train
+from film.common.spec import OFFICIAL, FilmConfig
+from film.common.training import TrainConfig, read_run_params
+from film.common.training import train as train_loop
 from film.errors import FilmError
 
 
 def make_trainer(backend: str, device: str, model_cfg=None):
-    import os
-
-    from film.common.spec import OFFICIAL
-
-    if backend == "jittor" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise FilmError(
-            "torchrun starts the torch backend only; Jittor's multi-process training runs under mpirun "
-            "(see docs/training.md)"
-        )
-    from film.backends.jittor.runtime import mpi_world_size
-
-    if backend == "torch" and mpi_world_size() > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        # every rank would train alone on the whole batch and write into one run folder
-        raise FilmError(
-            f"started by mpirun ({mpi_world_size()} processes): mpirun runs the jittor backend; for torch use "
-            "torchrun --nproc_per_node N -m film train ..., or film train --nproc N"
-        )
-    get_backend(backend, device)
-    if backend == "torch":
-        from film.backends.torch.train import Trainer
-    else:
-        from film.backends.jittor.train import Trainer
-    return Trainer(device, model_cfg or OFFICIAL)
-
-
-def launch_command(args, argv: list[str]) -> list[str]:
-    """The command that runs ``film train`` (``argv`` without --nproc) in ``args.nproc`` processes:
-    torchrun for torch, OpenMPI's mpirun for Jittor."""
-    import os
-    import shutil
-    import sys
-
-    n = args.nproc
-    if args.backend == "torch":
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-                "-m", "film", *argv]
-    from film.backends.jittor.runtime import MPI_INSTALL_HINT, mpicc
-
-    mpirun = shutil.which("mpirun")
-    if mpirun is None or mpicc() is None:
-        missing = "mpirun" if mpirun is None else "mpicc"
-        raise FilmError(f"--nproc {n} with the jittor backend runs under MPI, but {missing} is not on PATH: {MPI_INSTALL_HINT}")
-    cmd = [mpirun, "-np", str(n)]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        cmd.append("--allow-run-as-root")  # OpenMPI refuses root without it
-    if n > (os.cpu_count() or 1):
-        cmd.append("--oversubscribe")  # more ranks than cores: allowed, slower
-    return cmd + [sys.executable, "-m", "film", *argv]
+    """The backend's Trainer, after the backend refused a launcher that is not its own."""
+    impl = get_backend(backend, device)
+    impl.check_launcher()
+    return impl.make_trainer(device, model_cfg or OFFICIAL)
 
 
 def strip_nproc(argv: list[str]) -> list[str]:
@@ -70,71 +28,78 @@ def strip_nproc(argv: list[str]) -> list[str]:
     return out
 
 
-def run_launcher(args, argv: list[str]) -> int:
-    """film train --nproc N: start N processes of the same command and wait for them."""
+def launch(backend: str, device: str, nproc: int, argv: list[str]) -> int:
+    """film train --nproc N: start N processes of the same command (``argv`` without --nproc) under the
+    backend's launcher (torchrun or mpirun) and wait for them; returns their exit code."""
     import os
     import subprocess
 
-    cmd = launch_command(args, strip_nproc(argv))
-    if args.backend == "jittor":  # compile Jittor (and its MPI ops) once here, not in N racing processes
-        from film.backends.jittor.runtime import configure_env, warm_up
-
-        configure_env(args.device)
-        warm_up()
+    if nproc < 1:
+        raise FilmError("--nproc must be at least 1")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or "OMPI_COMM_WORLD_SIZE" in os.environ:
+        raise FilmError("--nproc starts the processes itself: do not combine it with torchrun or mpirun")
+    check_name(backend)
+    # importing the backend prepares it once here (Jittor compiles itself and its MPI ops), not in N racing
+    # processes; the launcher (torchrun or mpirun) is the backend's
+    cmd = get_backend(backend, device).launch_command(nproc, strip_nproc(argv))
     env = os.environ.copy()
     # N processes on the machine's cores: a thread pool of cores // N each, unless the user chose
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
-    print(f"film train: starting {args.nproc} processes: {' '.join(cmd[:6])} ...", flush=True)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    print(f"film train: starting {nproc} processes: {' '.join(cmd[:6])} ...", flush=True)
     try:
         return subprocess.call(cmd, env=env)
     except KeyboardInterrupt:
         return 130
 
 
-def run_train(args, argv: list[str] | None = None) -> int:
-    check_name(args.backend)
-    if getattr(args, "nproc", None) is not None:
-        if args.nproc < 1:
-            raise FilmError("--nproc must be at least 1")
-        if args.nproc > 1:
-            import os
-
-            if int(os.environ.get("WORLD_SIZE", "1")) > 1 or "OMPI_COMM_WORLD_SIZE" in os.environ:
-                raise FilmError("--nproc starts the processes itself: do not combine it with torchrun or mpirun")
-            return run_launcher(args, list(argv or []))
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
+def train(
+    h5: str | None = None,
+    *,
+    backend: str = "torch",
+    out: str = "exp",
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    step_size: int | None = None,
+    gamma: float | None = None,
+    grad_weight: float | None = None,
+    ssim_weight: float | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    init: str | None = None,
+    resume: str | None = None,
+    max_steps: int | None = None,
+    model_cfg: FilmConfig = OFFICIAL,
+) -> str:
+    """Train FILM with the official recipe (None = the official value) in either backend; returns the run
+    folder (written by rank 0 alone under torchrun / mpirun). ``resume``: a run folder to continue exactly
+    (its H5 and recipe are taken from its param.json)."""
+    check_name(backend)
+    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
+        if v is not None and v < 1:
             raise FilmError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.lr is not None and not args.lr > 0:
+    if lr is not None and not lr > 0:
         raise FilmError("--lr must be positive")
-    if not args.h5 and args.resume:  # a resumed run reads the H5 it was started with
-        args.h5 = read_run_params(args.resume).get("h5")
-    if not args.h5:
+    if not h5 and resume:  # a resumed run reads the H5 it was started with
+        h5 = read_run_params(resume).get("h5")
+    if not h5:
         raise FilmError("--h5 TRAIN.h5 is required")
-    cfg = TrainConfig(
-        h5=args.h5,
-        backend=args.backend,
-        out=args.out,
-        seed=args.seed,
-        device=args.device,
-        init=args.init,
-        resume=args.resume,
-        max_steps=args.max_steps,
-    )
-    for k in ("epochs", "batch_size", "lr", "step_size", "gamma", "grad_weight", "ssim_weight"):
-        v = getattr(args, k)
+    cfg = TrainConfig(h5=h5, backend=backend, out=out, seed=seed, device=device, init=init, resume=resume,
+                      max_steps=max_steps)
+    for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("step_size", step_size),
+                 ("gamma", gamma), ("grad_weight", grad_weight), ("ssim_weight", ssim_weight)):
         if v is not None:
             setattr(cfg, k, v)
-    from film.common.spec import OFFICIAL, TINY
-
-    trainer = make_trainer(args.backend, args.device, TINY if getattr(args, "config", None) == "tiny" else OFFICIAL)
+    trainer = make_trainer(backend, device, model_cfg)
     try:
-        run_dir = train(cfg, trainer)
+        run_dir = train_loop(cfg, trainer)
     finally:
-        if args.backend == "torch" and getattr(trainer, "world", 1) > 1:
-            import torch.distributed as dist
+        trainer.close()
+    return run_dir
 
-            dist.destroy_process_group()
-    if getattr(trainer, "rank", 0) == 0:
-        print(f"run folder: {run_dir}")
-    return 0
+
+def is_main_process() -> bool:
+    """False on the non-zero ranks of torchrun / mpirun (they print nothing but errors)."""
+    import os
+
+    return os.environ.get("RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")) == "0"

@@ -104,3 +104,36 @@ def test_config_travels_with_the_weights(tb, tmp_path):
                  "--out", str(tmp_path / "exp")]) == 0
     run = tmp_path / "exp" / next(iter(__import__("os").listdir(tmp_path / "exp")))
     assert film.load_fuser(str(run / "model" / "ckpt_1.pth"), backend="torch", device="cpu").cfg == TINY
+
+
+def test_library_functions_without_the_cli(tb, tmp_path):
+    """fuse_folder / evaluate / prepare_h5 / train take typed parameters (no argparse) and return results."""
+    import json
+    import os
+
+    import cv2
+
+    from film.common.images import samples_root
+    from film.evaluate import evaluate
+    from film.fuse import fuse_folder
+    from film.prepare import prepare_h5
+    from film.train import train
+
+    src = os.path.join(samples_root(), "IVF", "TNO")
+    for sub in ("ir", "vi"):
+        os.makedirs(tmp_path / sub)
+        cv2.imwrite(str(tmp_path / sub / "p.png"), cv2.imread(os.path.join(src, sub, "07.png"))[:24, :32])
+    os.makedirs(tmp_path / "text")
+    np.save(tmp_path / "text" / "p.npy", np.random.default_rng(0).standard_normal((1, 9, 768)).astype(np.float32))
+    assert fuse_folder(str(tmp_path / "out"), a=str(tmp_path / "ir"), b=str(tmp_path / "vi"),
+                       text=str(tmp_path / "text"), device="cpu", grid=True) == 1
+    res = evaluate(str(tmp_path / "out" / "Gray"), str(tmp_path / "ir"), str(tmp_path / "vi"), ["EN", "SSIM"],
+                   json_path=str(tmp_path / "s.json"))
+    assert set(res["out"]["mean"]) == {"EN", "SSIM"} and json.load(open(tmp_path / "s.json"))["per_image"]["p"]
+    n, h5 = prepare_h5(str(tmp_path / "h5"), a=str(tmp_path / "ir"), b=str(tmp_path / "vi"), text=str(tmp_path / "text"),
+                       name="mine")
+    assert n == 1 and h5.endswith("mine.h5")
+    with pytest.raises(FilmError, match="exactly one source"):
+        fuse_folder(str(tmp_path / "o2"), a=str(tmp_path / "ir"), h5=h5)
+    with pytest.raises(FilmError, match="--h5 TRAIN.h5 is required"):
+        train(None, device="cpu")

@@ -59,8 +59,8 @@ def _trainers(tb, jb, sd):
     from film.backends.torch.train import Trainer as TT
 
     t, j = TT("cpu", TINY), JT("cpu", TINY)
-    t._build(CFG, sd)
-    j._build(CFG, sd)
+    t.build(CFG, sd)
+    j.build(CFG, sd)
     return t, j
 
 
@@ -423,7 +423,6 @@ def test_jittor_mpi_world_size_2_matches_single_process(jb, tmp_path):
     from safetensors.numpy import save_file
 
     from film.common.checkpoint import read_raw, unwrap
-    from film.train import launch_command
 
     h5 = tmp_path / "d.h5"
     _tiny_h5(h5, n=8)
@@ -432,7 +431,7 @@ def test_jittor_mpi_world_size_2_matches_single_process(jb, tmp_path):
     save_file(dict(start), str(init))
     common = ["train", "--backend", "jittor", "--h5", str(h5), "--batch-size", "4", "--config", "tiny",
               "--device", "cpu", "--lr", "1e-4", "--init", str(init)]
-    mpi = launch_command(types.SimpleNamespace(backend="jittor", nproc=2), [])[:-3]  # mpirun -np 2 [flags]
+    mpi = jb.launch_command(2, [])[:-3]  # mpirun -np 2 [flags]
     assert mpi[1:3] == ["-np", "2"]
     env = {"OMP_NUM_THREADS": "1"}
     runs = {}
@@ -486,15 +485,15 @@ def test_torch_under_mpirun_is_refused(tb, monkeypatch):
         make_trainer("torch", "cpu", TINY)
 
 
-def test_nproc_launch_commands(monkeypatch):
+def test_nproc_launch_commands(tb, jb, monkeypatch):
     from film.errors import FilmError
-    from film.train import launch_command, strip_nproc
+    from film.train import strip_nproc
 
     argv = strip_nproc(["train", "--backend", "jittor", "--nproc", "2", "--h5", "x.h5", "--nproc=3"])
     assert argv == ["train", "--backend", "jittor", "--h5", "x.h5"]
-    t = launch_command(types.SimpleNamespace(backend="torch", nproc=2), argv)
+    t = tb.launch_command(2, argv)
     assert "torch.distributed.run" in t and "--nproc_per_node=2" in t and t[-len(argv):] == argv
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.delenv("mpicc_path", raising=False)
     with pytest.raises(FilmError, match="mpirun is not on PATH: install OpenMPI"):
-        launch_command(types.SimpleNamespace(backend="jittor", nproc=2), argv)
+        jb.launch_command(2, argv)

@@ -263,7 +263,7 @@ def train(cfg: TrainConfig, trainer) -> str:
 
             atomic_write_bytes(os.path.join(run_dir, "param.json"), json.dumps(params, indent=2).encode())
             copy_code(run_dir, cfg.backend)
-    log = RunLog(run_dir, getattr(trainer, "scalar_writer", lambda d: None)(run_dir)) if main else None
+    log = RunLog(run_dir, trainer.scalar_writer(run_dir)) if main else None
     per_epoch = len(data) // cfg.batch_size
     share = cfg.batch_size // world
     total = cfg.epochs * per_epoch

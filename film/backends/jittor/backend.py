@@ -1,4 +1,5 @@
-"""Jittor backend entry points used by film.api / cli / tests (mirrors torch/backend.py)."""
+"""The Jittor backend: the :class:`film.backends.base.Backend` interface (same functions as torch/backend.py;
+tests/test_backend_interface.py checks it)."""
 
 from __future__ import annotations
 
@@ -89,3 +90,69 @@ def describe() -> str:
 
     where = " (CUDA)" if jt.flags.use_cuda else f" (CPU, convolutions and matmuls: {onednn_status()})"
     return f"jittor {jt.__version__}{where}"
+
+
+def set_fast(model: Net, fast: bool | None = True) -> Net:
+    """Jittor's fast inference layout: NHWC feature maps on oneDNN (model.py ``Net.uses_nhwc``). None: the
+    default (on when oneDNN runs the convolutions); False: NCHW. Training is NCHW either way."""
+    if fast and _onednn_ops() is None:
+        raise FilmError("the fast (NHWC) Jittor layout needs oneDNN, which Jittor is not using here: "
+                        + _onednn_status())
+    model._layout = None if fast is None else ("nhwc" if fast else "nchw")
+    return model
+
+
+def is_fast(model: Net) -> bool:
+    return bool(model.uses_nhwc())
+
+
+def _onednn_ops():
+    from film.backends.jittor.ops import onednn
+
+    return onednn()
+
+
+def _onednn_status() -> str:
+    from film.backends.jittor.runtime import onednn_status
+
+    return onednn_status()
+
+
+def make_trainer(device: str, model_cfg: FilmConfig = OFFICIAL):
+    from film.backends.jittor.train import Trainer
+
+    return Trainer(device, model_cfg)
+
+
+def check_launcher() -> None:
+    """Jittor trains under mpirun; torchrun's ranks would not share Jittor's gradients."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise FilmError(
+            "torchrun starts the torch backend only; Jittor's multi-process training runs under mpirun "
+            "(mpirun -np N film train --backend jittor ..., or film train --nproc N; docs/training.md)"
+        )
+
+
+def launch_command(nproc: int, argv: list[str]) -> list[str]:
+    """film train --nproc N: the same command under OpenMPI's mpirun (root: --allow-run-as-root; more
+    ranks than cores: --oversubscribe)."""
+    import os
+    import shutil
+    import sys
+
+    from film.backends.jittor.runtime import MPI_INSTALL_HINT, mpicc
+
+    mpirun = shutil.which("mpirun")
+    if mpirun is None or mpicc() is None:
+        missing = "mpirun" if mpirun is None else "mpicc"
+        raise FilmError(
+            f"--nproc {nproc} with the jittor backend runs under MPI, but {missing} is not on PATH: {MPI_INSTALL_HINT}"
+        )
+    cmd = [mpirun, "-np", str(nproc)]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-run-as-root")  # OpenMPI refuses root without it
+    if nproc > (os.cpu_count() or 1):
+        cmd.append("--oversubscribe")
+    return cmd + [sys.executable, "-m", "film", *argv]

@@ -95,11 +95,19 @@ class Trainer:
         if self.world > 1:
             jt.array([1.0]).mpi_all_reduce("sum").sync()
 
+    @staticmethod
+    def scalar_writer(run_dir: str):
+        """No TensorBoard writer without torch: the scalars are in log.txt."""
+        return None
+
+    def close(self) -> None:
+        """MPI is finalised by Jittor at exit."""
+
     def _params(self):
         own = self.model.state_dict()
         return [own[k] for k in param_schema(self.model_cfg)]
 
-    def _build(self, cfg, init_sd=None):
+    def build(self, cfg, init_sd=None):
         # the same seed on every rank (Jittor would add 2591 * rank), and rank 0's weights broadcast: the
         # first gradient must already be taken at identical parameters (Jittor's own sync comes after it)
         jt.set_global_seed(cfg.seed, different_seed_for_mpi=False)
@@ -120,7 +128,7 @@ class Trainer:
 
     def setup(self, cfg) -> None:
         init = load_checkpoint(cfg.init, self.model_cfg).state_dict if cfg.init else None
-        self._build(cfg, init)
+        self.build(cfg, init)
 
     def set_lr(self, lr: float) -> None:
         self.opt.lr = lr
@@ -198,7 +206,7 @@ class Trainer:
         ck = read_jittor_pkl(path)
         sd, recipe = resume_checkpoint(ck, path, self.model_cfg)
         with resume_state_errors(path):
-            self._build(recipe, sd)
+            self.build(recipe, sd)
             opt = ck["optimizer1"]
             pg = self.opt.param_groups[0]
             for i, (m, v) in enumerate(zip(pg["m"], pg["values"])):

@@ -1,8 +1,9 @@
-"""PyTorch backend entry points used by film.api / cli / tests. jittor/backend.py has the same functions
-except the channels_last ("fast") layout ones (set_fast, is_fast, input_format): Jittor has no such layout."""
+"""The PyTorch backend: the :class:`film.backends.base.Backend` interface (jittor/backend.py has the same
+functions; tests/test_backend_interface.py checks it), plus torch's ``fast_default`` / ``input_format``."""
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 
 import numpy as np
@@ -110,3 +111,29 @@ def forward_numpy(
 def describe() -> str:
     cuda = f", CUDA {torch.version.cuda}" if torch.cuda.is_available() else ""
     return f"torch {torch.__version__}{cuda}"
+
+
+def make_trainer(device: str, model_cfg: FilmConfig = OFFICIAL):
+    from film.backends.torch.train import Trainer
+
+    return Trainer(device, model_cfg)
+
+
+def check_launcher() -> None:
+    """torch trains under torchrun; under OpenMPI's mpirun every rank would train alone on the whole batch
+    and write into one run folder."""
+    from film.backends.jittor.runtime import mpi_world_size  # framework-free
+
+    if mpi_world_size() > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        raise FilmError(
+            f"started by mpirun ({mpi_world_size()} processes): mpirun runs the jittor backend; for torch use "
+            "torchrun --nproc_per_node N -m film train ..., or film train --nproc N"
+        )
+
+
+def launch_command(nproc: int, argv: list[str]) -> list[str]:
+    """film train --nproc N: the same command under torchrun (DistributedDataParallel)."""
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "film", *argv]

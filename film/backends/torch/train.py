@@ -93,7 +93,15 @@ class Trainer:
 
             dist.barrier()
 
-    def _build(self, cfg, init_sd=None):
+    def close(self) -> None:
+        """End the process group started for torchrun (nothing to do in one process)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+    def build(self, cfg, init_sd=None):
         torch.manual_seed(cfg.seed)
         self.model = build_model(self.model_cfg, init_sd, str(self.device)).train()
         self.forward = self.model
@@ -112,7 +120,7 @@ class Trainer:
 
     def setup(self, cfg) -> None:
         init = load_checkpoint(cfg.init, self.model_cfg).state_dict if cfg.init else None
-        self._build(cfg, init)
+        self.build(cfg, init)
 
     def set_lr(self, lr: float) -> None:
         for g in self.opt.param_groups:  # the shared schedule; StepLR is stepped too, for its saved state
@@ -182,7 +190,7 @@ class Trainer:
             ck, path, self.model_cfg, to_numpy=lambda v: v.numpy() if isinstance(v, torch.Tensor) else v
         )
         with resume_state_errors(path):
-            self._build(recipe, sd)
+            self.build(recipe, sd)
             self.opt.load_state_dict(ck["optimizer1"])
             self.sched.load_state_dict(ck["lr_schedule1"])
         return {"epoch": int(ck["epoch"]), "step": int(ck["step"])}

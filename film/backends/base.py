@@ -1,0 +1,86 @@
+"""The one interface both backends implement: ``film/backends/<name>/backend.py`` (module-level functions).
+
+Callers get a backend from :func:`film.backends.registry.get_backend` and use only these names; nothing
+outside ``film/backends/`` branches on a backend's name. tests/test_backend_interface.py checks that both
+modules define every member with the same parameters. Anchors: einops' ``_backends.py`` (one abstract
+backend, one implementation per framework) and Keras 3's ``keras/src/backend/<name>/``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Protocol
+
+import numpy as np
+
+from film.common.spec import FilmConfig
+
+
+class Trainer(Protocol):
+    """One backend's side of ``film train`` (``film/backends/<name>/train.py``); the loop is common/training.py."""
+
+    ext: str  # checkpoint extension: .pth (official training dict) or .pkl (jt.save layout)
+    model_cfg: FilmConfig
+    rank: int
+    world: int  # processes (torchrun / mpirun); rank 0 alone writes
+
+    def setup(self, cfg) -> None: ...  # build model + optimizer from cfg.init (or random), seeded
+
+    def build(self, cfg, init_sd: dict | None = None) -> None: ...  # init_sd: a numpy state dict, or random
+
+    def set_lr(self, lr: float) -> None: ...
+
+    def step(self, a: np.ndarray, b: np.ndarray, t: np.ndarray, cfg) -> tuple[float, dict, np.ndarray]: ...
+
+    def gradients(self, a: np.ndarray, b: np.ndarray, t: np.ndarray, cfg) -> tuple[float, dict]: ...
+
+    def params_numpy(self) -> dict: ...
+
+    def save(self, path: str, epoch: int, step: int) -> None: ...
+
+    def load_resume(self, path: str) -> dict: ...
+
+    def share(self, obj: str) -> str: ...  # rank 0's string on every rank
+
+    def barrier(self) -> None: ...
+
+    def scalar_writer(self, run_dir: str) -> Any: ...  # TensorBoard-like writer or None
+
+    def close(self) -> None: ...  # end the process group, if any
+
+
+class Backend(Protocol):
+    """What ``get_backend(name)`` returns (the backend module)."""
+
+    NAME: str
+
+    def resolve_device(self, device: str = "auto") -> Any: ...
+
+    def set_deterministic(self) -> None: ...
+
+    def build_model(self, cfg: FilmConfig, state_dict: dict | None = None, device: str = "auto") -> Any: ...
+
+    def load_state_dict(self, model: Any, state_dict: dict) -> None: ...
+
+    def state_dict_numpy(self, model: Any) -> OrderedDict[str, np.ndarray]: ...
+
+    def forward_numpy(self, model: Any, a: np.ndarray, b: np.ndarray, text: np.ndarray,
+                      taps: dict | None = None) -> np.ndarray: ...
+
+    # The backend's fast inference layout: torch channels_last, Jittor NHWC feature maps on oneDNN.
+    # None: the device's default; False: the official NCHW order.
+    def set_fast(self, model: Any, fast: bool | None = True) -> Any: ...
+
+    def is_fast(self, model: Any) -> bool: ...
+
+    def describe(self) -> str: ...
+
+    def make_trainer(self, device: str, model_cfg: FilmConfig) -> Trainer: ...
+
+    def check_launcher(self) -> None: ...  # refuse a multi-process launcher meant for the other backend
+
+    def launch_command(self, nproc: int, argv: list[str]) -> list[str]: ...  # film train --nproc N
+
+
+MEMBERS = [n for n in Backend.__dict__ if not n.startswith("_")] + ["NAME"]
+TRAINER_MEMBERS = [n for n in Trainer.__dict__ if not n.startswith("_")] + ["ext", "model_cfg", "rank", "world"]
