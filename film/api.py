@@ -14,8 +14,9 @@ from film.errors import FilmError
 
 # Peak CPU memory of one forward pass per input pixel, measured with `film bench --memory` on the
 # official config (float32, batch 1; benchmarks/results/*_cpu_memory.json): torch 7.1 KB/pixel,
-# jittor 7.7 KB/pixel, plus ~0.3 GB. The estimate keeps a few percent of margin. See docs/memory.md.
-BYTES_PER_PIXEL = {"torch": 7_500, "jittor": 8_200}
+# jittor 10.2 KB/pixel (oneDNN, NHWC inference: the layout transposes cost memory), plus ~0.3 GB. The
+# estimate keeps a few percent of margin. See docs/memory.md.
+BYTES_PER_PIXEL = {"torch": 7_500, "jittor": 10_700}
 FIXED_BYTES = 400 * 2**20  # the 288x384 token grid and the weights, independent of the input size
 
 

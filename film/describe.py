@@ -19,7 +19,7 @@ import numpy as np
 from film.common.images import match_pairs, read_bgr
 from film.common.safeio import atomic_write_bytes, make_dirs
 from film.errors import FilmError
-from film.text import _from_pretrained, _need_transformers, _quiet_transformers
+from film.text import _from_pretrained, _need_transformers, _quiet_transformers, load_config, torch_device
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 
@@ -94,17 +94,9 @@ class Captioner:
 
     def __init__(self, name: str = DEFAULT_CAPTIONER, device: str = "cpu", max_new_tokens: int = 30):
         transformers = _need_transformers()
-        import torch
-
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch_device(device)
         with _quiet_transformers():
-            config = _from_pretrained(transformers.AutoConfig, name, "captioner")
-            if getattr(config, "model_type", None) != "blip":
-                raise FilmError(
-                    f"{name}: a {getattr(config, 'model_type', '?')!r} model; film describe takes a BLIP captioning "
-                    f"model (e.g. {DEFAULT_CAPTIONER})"
-                )
+            load_config(name, "BLIP captioning model", "blip", DEFAULT_CAPTIONER)
             self.processor = _from_pretrained(transformers.AutoProcessor, name, "captioner processor")
             self.model = _from_pretrained(transformers.BlipForConditionalGeneration, name, "captioner")
         self.model.to(device).eval()

@@ -104,6 +104,29 @@ def _from_pretrained(cls, name: str, what: str, **kw):
         raise FilmError(f"{name}: not a usable transformers {what} ({first})") from None
 
 
+def torch_device(device: str) -> str:
+    """'auto' -> cuda when torch sees a GPU, else cpu; a cuda request without a GPU is one FilmError."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FilmError(f"device {device!r} requested but torch sees no CUDA GPU")
+    return device
+
+
+def load_config(name: str, what: str, model_type: str, example: str):
+    """The transformers config of ``name``, refused unless its model_type is ``model_type``."""
+    transformers = _need_transformers()
+    config = _from_pretrained(transformers.AutoConfig, name, what)
+    if getattr(config, "model_type", None) != model_type:
+        raise FilmError(
+            f"{name}: a {getattr(config, 'model_type', '?')!r} model, not a {what} of type {model_type!r} "
+            f"(e.g. {example})"
+        )
+    return config
+
+
 @dataclass
 class TextEncoder:
     """The BLIP-2 Q-Former text encoder: paragraph -> float32 (L, 768), L = its tokens incl. [CLS] and [SEP]."""
@@ -177,18 +200,9 @@ def load_encoder(encoder: str = DEFAULT_ENCODER, device: str = "cpu") -> TextEnc
     transformers = _need_transformers()
     import torch
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FilmError(f"device {device!r} requested but torch sees no CUDA GPU")
+    device = torch_device(device)
     with _quiet_transformers():
-        config = _from_pretrained(transformers.AutoConfig, encoder, "text encoder")
-        if getattr(config, "model_type", None) != "blip-2":
-            raise FilmError(
-                f"{encoder}: a {getattr(config, 'model_type', '?')!r} model, not a BLIP-2 Q-Former text encoder "
-                f"(e.g. {DEFAULT_ENCODER})"
-            )
-        q = config.qformer_config
+        q = load_config(encoder, "BLIP-2 Q-Former text encoder", "blip-2", DEFAULT_ENCODER).qformer_config
         if q.hidden_size != TEXT_DIM:
             raise FilmError(f"{encoder}: text encoder width {q.hidden_size}, FILM needs {TEXT_DIM} (the Q-Former's BERT width)")
         if not getattr(q, "use_qformer_text_input", False):

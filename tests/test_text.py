@@ -190,7 +190,7 @@ def test_bad_encoders(capsys, tmp_path, text_dirs):
     narrow = make_encoder(tmp_path / "narrow", width=384)
     no_text = make_encoder(tmp_path / "no_text", text_input=False)
     capsys.readouterr()  # save_pretrained's own progress bars
-    for enc, match in ((not_model, "not a usable transformers text encoder"), (narrow, "width 384, FILM needs 768"),
+    for enc, match in ((not_model, "not a usable transformers BLIP-2 Q-Former text encoder"), (narrow, "width 384, FILM needs 768"),
                        (no_text, "use_qformer_text_input=False"), (tmp_path / "missing" / "enc", "no such folder")):
         code, out = run(capsys, "text", "--encoder", enc, "--a-text", a_dir, "--b-text", b_dir, "-o", tmp_path / "o")
         assert code == 2 and match in out, out
