@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pad/truncate each side to N tokens, so features of different pairs have one length and "
                    "can be batched in film train (default: each paragraph's own length, as VLF)")
     x.add_argument("--save-encoder", metavar="DIR",
-                   help="save just the text encoder and tokenizer to DIR (~0.5 GB instead of the multi-GB "
+                   help="save just the text encoder and tokenizer to DIR (~0.7 GB instead of the multi-GB "
                    "checkpoint), to copy to an offline machine")
     x.set_defaults(func=cmd_text)
 

@@ -32,7 +32,7 @@ TEXT_DIM = 768
 MAX_POSITIONS = 512  # the Q-Former's position embeddings: a longer paragraph cannot be encoded whole
 
 _DOWNLOAD_HINT = (
-    "on a machine with internet: film text --save-encoder DIR (keeps only the Q-Former text part, ~0.5 GB), "
+    "on a machine with internet: film text --save-encoder DIR (keeps only the Q-Former text part, ~0.7 GB), "
     "copy DIR here and pass --encoder DIR"
 )
 
@@ -58,11 +58,15 @@ def _quiet_transformers():
     from transformers.utils import logging as tlog
 
     level = tlog.get_verbosity()
+    bars = tlog.is_progress_bar_enabled()
     tlog.set_verbosity_error()
+    tlog.disable_progress_bar()  # "Loading weights" bars: film prints its own progress
     try:
         yield
     finally:
         tlog.set_verbosity(level)
+        if bars:
+            tlog.enable_progress_bar()
 
 
 def _hub_reachable(timeout: float = 5.0) -> bool:
@@ -137,9 +141,10 @@ class TextEncoder:
     name: str
 
     def tokenize(self, paragraphs: list[str], max_tokens: int | None = None):
-        """Padded batch; truncated to ``max_tokens`` if given, else only at the encoder's 512 positions
-        (with a warning: LAVIS would fail there)."""
-        limit = max_tokens or MAX_POSITIONS
+        """Padded batch; truncated to ``max_tokens`` if given, else only at the encoder's position limit (512
+        for BLIP-2), with a warning: LAVIS would fail there."""
+        positions = getattr(getattr(self.model.config, "qformer_config", None), "max_position_embeddings", MAX_POSITIONS)
+        limit = max_tokens or min(MAX_POSITIONS, positions)
         if not max_tokens:
             for p in paragraphs:
                 n = len(self.tokenizer(p)["input_ids"])
@@ -184,8 +189,9 @@ class TextEncoder:
 
         tmp = tempfile.mkdtemp(prefix=".film-tmp-", dir=parent)
         try:
-            self.model.save_pretrained(tmp, safe_serialization=True)
-            self.tokenizer.save_pretrained(tmp)
+            with _quiet_transformers():
+                self.model.save_pretrained(tmp, safe_serialization=True)
+                self.tokenizer.save_pretrained(tmp)
             if os.path.isdir(folder):
                 os.rmdir(folder)
             os.replace(tmp, folder)
