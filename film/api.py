@@ -10,6 +10,7 @@ import numpy as np
 from film.backends.registry import check_name, get_backend
 from film.common.checkpoint import Checkpoint, load_checkpoint
 from film.common.spec import OFFICIAL, FilmConfig
+from film.common.textfeat import check_text_values, text_shape_problem
 from film.errors import FilmError
 
 # Peak CPU memory of one forward pass per input pixel, measured with `film bench --memory` on the
@@ -96,15 +97,10 @@ def check_text(text: np.ndarray, text_dim: int, batch: int, name: str = "text") 
         t = t[None]
     if t.ndim == 4 and t.shape[1] == 1:  # (N, 1, L, D) as the official H5 loader yields
         t = t[:, 0]
-    if t.ndim != 3 or t.shape[-1] != text_dim or t.shape[1] == 0:
-        raise FilmError(
-            f"{name}: expected text features of shape (L, {text_dim}) or (1, L, {text_dim}), got {t.shape}"
-        )
-    if not np.issubdtype(t.dtype, np.floating):
-        raise FilmError(f"{name}: expected float text features, got {t.dtype}")
-    t = t.astype(np.float32, copy=False)
-    if not np.isfinite(t).all():
-        raise FilmError(f"{name}: contains NaN or inf")
+    problem = text_shape_problem(t.shape[1:], text_dim) if t.ndim == 3 else text_shape_problem(t.shape, text_dim)
+    if problem:
+        raise FilmError(f"{name}: {problem}")
+    t = check_text_values(t, name)
     if t.shape[0] == 1 and batch > 1:
         t = np.repeat(t, batch, axis=0)
     if t.shape[0] != batch:

@@ -43,10 +43,10 @@ def _parse_size(s: str) -> tuple[int, int]:
 
 def _inputs(h: int, w: int, batch: int = 1):
     rng = np.random.default_rng(0)
-    from film.common.init import random_text
+    from film.common.init import SYNTHETIC_TEXT_LEN, random_text
 
     return (rng.random((batch, 1, h, w), dtype=np.float32), rng.random((batch, 1, h, w), dtype=np.float32),
-            random_text(149, 768, seed=1, batch=batch))
+            random_text(SYNTHETIC_TEXT_LEN, 768, seed=1, batch=batch))
 
 
 def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, train: bool, out_npy: str | None) -> dict:

@@ -20,7 +20,7 @@ from film.common.images import (
     to_uint8,
     write_png,
 )
-from film.common.init import random_text
+from film.common.init import SYNTHETIC_TEXT_LEN, random_text
 from film.common.safeio import make_dirs
 from film.common.textfeat import load_text_for
 from film.errors import FilmError
@@ -59,7 +59,7 @@ def _text(args, text_dir: str | None, name: str, dim: int, index: int) -> np.nda
     if text_dir:
         return load_text_for(text_dir, name, dim)
     if args.random_text:
-        return random_text(149, dim, seed=index)
+        return random_text(SYNTHETIC_TEXT_LEN, dim, seed=index)
     raise FilmError(
         f"{name}: no text features: pass --text DIR (VLF <name>.npy files), or --random-text for a demo"
     )

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from film.common.images import find_ab_folders, find_datasets, load_pair, match_pairs, samples_root, to_uint8
-from film.common.init import random_text
+from film.common.init import SYNTHETIC_TEXT_LEN, random_text
 from film.common.spec import tap_names
 from film.common.textfeat import load_text_for
 from film.errors import FilmError
@@ -126,7 +126,7 @@ def collect_inputs(pairs_dir: str | None, text_dir: str | None, text_dim: int, l
             if text_dir:
                 text = load_text_for(text_dir, p.name, text_dim)
             else:
-                text = random_text(149, text_dim, seed=len(out))
+                text = random_text(SYNTHETIC_TEXT_LEN, text_dim, seed=len(out))
             out.append((label, a, b, text))
             if limit and len(out) >= limit:
                 return out

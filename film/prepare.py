@@ -19,6 +19,8 @@ import numpy as np
 
 from film.common.images import list_images, read_gray
 from film.common.safeio import atomic_path, make_dirs
+from film.common.spec import OFFICIAL
+from film.common.textfeat import check_text, read_npy
 from film.errors import FilmError
 
 # A and B folders per task, as in the official data_process.py. The official MFF *training* branch
@@ -108,21 +110,9 @@ def build_h5(
 
 
 def _load_npy(path: str) -> np.ndarray:
-    try:
-        t = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise FilmError(f"{path}: not a readable .npy ({e})") from None
-    if (
-        not np.issubdtype(t.dtype, np.floating)
-        or t.ndim not in (2, 3)
-        or t.shape[-1] != 768
-        or t.shape[-2] == 0
-    ):
-        raise FilmError(
-            f"{path}: expected float text features of shape (1, L, 768) or (L, 768), got {t.dtype} {t.shape}"
-        )
-    if not np.isfinite(t).all():
-        raise FilmError(f"{path}: text features contain NaN or inf")
+    """Text features as stored (the official H5 keeps the .npy's own shape), validated."""
+    t = read_npy(path)
+    check_text(t, OFFICIAL.text_dim, path)
     return t
 
 

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from film.common.textfeat import text_shape_problem
 from film.errors import FilmError
 
 GROUPS = ("imageA", "imageB", "text")
@@ -64,10 +65,9 @@ class H5Pairs:
                 raise FilmError(
                     f"{self.path}: sample {name}: images of shape {sa} and {sb}, expected equal (1, H, W)"
                 )
-            if len(st) not in (2, 3) or (len(st) == 3 and st[0] != 1) or 0 in st or (text_dim and st[-1] != text_dim):
-                raise FilmError(
-                    f"{self.path}: sample {name}: text features of shape {st}, expected (1, L, {text_dim or 'D'})"
-                )
+            problem = text_shape_problem(st, text_dim)
+            if problem:
+                raise FilmError(f"{self.path}: sample {name}: {problem}")
             sizes[name] = sa[-2:]
         return sizes
 

@@ -35,7 +35,12 @@ def random_state_dict(cfg: FilmConfig = OFFICIAL, seed: int = 0) -> OrderedDict[
     return out
 
 
-def random_text(length: int = 149, dim: int = 768, seed: int = 0, batch: int | None = None) -> np.ndarray:
+# The token count of the VLF text features (two paragraphs, each with its own [CLS]/[SEP]): the length of the
+# seeded synthetic features used by demos, parity and benchmarks
+SYNTHETIC_TEXT_LEN = 149
+
+
+def random_text(length: int = SYNTHETIC_TEXT_LEN, dim: int = 768, seed: int = 0, batch: int | None = None) -> np.ndarray:
     """Synthetic text features of the VLF shape: (L, dim), or (batch, L, dim)."""
     rng = np.random.default_rng(seed)
     shape = (length, dim) if batch is None else (batch, length, dim)

@@ -7,7 +7,8 @@
 
 plus ``ssim_weight * (LpLssim(A, F) + LpLssim(B, F))`` with
 ``LpLssim(I, F) = ||I - F||_2 + (1 - SSIM_5x5(I, F)) * int(sqrt(H * W))`` — 0 by default, and then skipped.
-``ops`` is a backend's ``loss_ops``: conv2d_same(x, kernel numpy), abs, maximum, mean, sqrt, sum.
+``ops`` is a backend's ops module (its loss primitives: conv2d_same(x, kernel numpy), abs, maximum, mean,
+sqrt, sum).
 """
 
 from __future__ import annotations
@@ -72,3 +73,11 @@ def total_loss(ops, a, b, f, coeff_int: float, coeff_grad: float, ssim_weight: f
         parts["lplssim"] = lssim
         loss = loss + ssim_weight * lssim
     return loss, parts
+
+
+def compute_loss(ops, a, b, f, cfg):
+    """The official training loss with the recipe's coefficients (``cfg.grad_weight``, ``cfg.ssim_weight``);
+    ``ops``: the backend's ops module (its loss primitives: abs, maximum, mean, sqrt, sum, conv2d_same)."""
+    from film.common.spec import OFFICIAL_RECIPE
+
+    return total_loss(ops, a, b, f, OFFICIAL_RECIPE.coeff_int, cfg.grad_weight, cfg.ssim_weight)

@@ -155,6 +155,20 @@ def latest_checkpoint(run_dir: str, ext: str) -> tuple[str, int] | None:
     return best
 
 
+class TrainerBase:
+    """What both backends' Trainers share (the interface: film/backends/base.py ``Trainer``)."""
+
+    rank, world = 0, 1
+
+    def setup(self, cfg) -> None:
+        """Model and optimizer from ``cfg.init`` (any checkpoint format) or random, seeded; a bad --init fails
+        here, before a run folder exists."""
+        from film.common.checkpoint import load_checkpoint
+
+        init = load_checkpoint(cfg.init, self.model_cfg).state_dict if cfg.init else None
+        self.build(cfg, init)
+
+
 class RunLog:
     """log.txt (the official format) plus TensorBoard scalars when the backend offers a writer
     (``trainer.scalar_writer(run_dir)``: torch's SummaryWriter when tensorboard is installed); this module

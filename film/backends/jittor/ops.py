@@ -260,3 +260,27 @@ def depthwise3x3(x: jt.Var, weight: jt.Var, bias: jt.Var | None) -> jt.Var:
     patches = x.reindex([b, c, h, w, 3, 3], ["i0", "i1", "i2+i4-1", "i3+i5-1"])  # out of range reads 0
     out = (patches * weight.reshape(1, c, 1, 1, 3, 3)).sum([4, 5])
     return out if bias is None else out + bias.reshape(1, -1, 1, 1)
+
+
+# Loss primitives (film.common.loss, the official Fusionloss): the same ops module serves the forward and the loss.
+
+_kernels: dict = {}
+
+
+def conv2d_same(x: jt.Var, k: np.ndarray) -> jt.Var:
+    """A fixed (Sobel / Gaussian) kernel over (B,1,H,W) with 'same' zero padding, the kernel cached."""
+    key = (k.tobytes(), k.shape)
+    w = _kernels.get(key)
+    if w is None:
+        w = _kernels[key] = jt.array(np.ascontiguousarray(k)[None, None]).stop_grad()
+    return jt.nn.conv2d(x, w, padding=k.shape[-1] // 2)
+
+
+abs = jt.abs  # noqa: A001 - the loss module's primitive names
+maximum = jt.maximum
+mean = jt.mean
+sqrt = jt.sqrt
+
+
+def sum(x: jt.Var) -> jt.Var:  # noqa: A001
+    return x.sum()

@@ -2,45 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jittor as jt
 import numpy as np
 
+from film.backends.jittor import ops
 from film.backends.jittor.backend import build_model, resolve_device
 from film.common import loss as L
-from film.common.checkpoint import load_checkpoint
 from film.common.safeio import read_jittor_pkl, write_jittor_pkl
 from film.common.spec import OFFICIAL, OFFICIAL_RECIPE, param_schema
-from film.common.training import resume_checkpoint, resume_state_errors
+from film.common.training import TrainerBase, resume_checkpoint, resume_state_errors
 from film.errors import FilmError
 
-
-class loss_ops:
-    """What film.common.loss needs, in Jittor."""
-
-    _kernels: dict = {}
-
-    @classmethod
-    def conv2d_same(cls, x, k: np.ndarray):
-        key = (k.tobytes(), k.shape)
-        w = cls._kernels.get(key)
-        if w is None:
-            w = cls._kernels[key] = jt.array(np.ascontiguousarray(k)[None, None]).stop_grad()
-        return jt.nn.conv2d(x, w, padding=k.shape[-1] // 2)
-
-    abs = staticmethod(jt.abs)
-    maximum = staticmethod(jt.maximum)
-    mean = staticmethod(jt.mean)
-    sqrt = staticmethod(jt.sqrt)
-
-    @staticmethod
-    def sum(x):
-        return x.sum()
-
-
-def compute_loss(a, b, f, cfg):
-    return L.total_loss(loss_ops, a, b, f, OFFICIAL_RECIPE.coeff_int, cfg.grad_weight, cfg.ssim_weight)
+compute_loss = functools.partial(L.compute_loss, ops)  # (a, b, f, cfg) -> (loss, parts)
 
 
 class TorchAdam(jt.optim.Adam):
@@ -66,7 +42,7 @@ class TorchAdam(jt.optim.Adam):
         self.post_step()
 
 
-class Trainer:
+class Trainer(TrainerBase):
     ext = ".pkl"
 
     def __init__(self, device: str = "auto", model_cfg=OFFICIAL):
@@ -125,10 +101,6 @@ class Trainer:
             weight_decay=OFFICIAL_RECIPE.weight_decay,
         )
         self.step_size, self.gamma, self.base_lr = cfg.step_size, cfg.gamma, cfg.lr
-
-    def setup(self, cfg) -> None:
-        init = load_checkpoint(cfg.init, self.model_cfg).state_dict if cfg.init else None
-        self.build(cfg, init)
 
     def set_lr(self, lr: float) -> None:
         self.opt.lr = lr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -129,3 +130,25 @@ def to_nchw(x: torch.Tensor) -> torch.Tensor:
 
 def from_nchw(x: torch.Tensor) -> torch.Tensor:
     return x
+
+
+# Loss primitives (film.common.loss, the official Fusionloss): the same ops module serves the forward and the loss.
+
+_kernels: dict = {}
+
+
+def conv2d_same(x: torch.Tensor, k: np.ndarray) -> torch.Tensor:
+    """A fixed (Sobel / Gaussian) kernel over (B,1,H,W) with 'same' zero padding, the kernel cached per device."""
+    key = (k.tobytes(), k.shape, x.device, x.dtype)
+    w = _kernels.get(key)
+    if w is None:
+        with torch.inference_mode(False):  # cached across inference and training (see _index)
+            w = _kernels[key] = torch.from_numpy(np.ascontiguousarray(k)).to(x.device, x.dtype)[None, None]
+    return F.conv2d(x, w, padding=k.shape[-1] // 2)
+
+
+abs = torch.abs  # noqa: A001 - the loss module's primitive names
+maximum = torch.maximum
+mean = torch.mean
+sqrt = torch.sqrt
+sum = torch.sum  # noqa: A001

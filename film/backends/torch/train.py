@@ -2,48 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import OrderedDict
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from film.backends.torch.backend import build_model, resolve_device
+from film.backends.torch import ops
+from film.backends.torch.backend import build_model, resolve_device, state_dict_numpy
 from film.common import loss as L
-from film.common.checkpoint import load_checkpoint
 from film.common.safeio import atomic_path
 from film.common.spec import DATAPARALLEL_PREFIX, OFFICIAL, OFFICIAL_RECIPE
-from film.common.training import resume_checkpoint, resume_state_errors
+from film.common.training import TrainerBase, resume_checkpoint, resume_state_errors
 from film.errors import FilmError
 
-
-class loss_ops:
-    """What film.common.loss needs, in torch."""
-
-    _kernels: dict = {}
-
-    @classmethod
-    def conv2d_same(cls, x, k: np.ndarray):
-        key = (k.tobytes(), k.shape, x.device, x.dtype)
-        w = cls._kernels.get(key)
-        if w is None:
-            with torch.inference_mode(False):  # cached across inference and training (see ops._index)
-                w = cls._kernels[key] = torch.from_numpy(np.ascontiguousarray(k)).to(x.device, x.dtype)[None, None]
-        return F.conv2d(x, w, padding=k.shape[-1] // 2)
-
-    abs = staticmethod(torch.abs)
-    maximum = staticmethod(torch.maximum)
-    mean = staticmethod(torch.mean)
-    sqrt = staticmethod(torch.sqrt)
-    sum = staticmethod(torch.sum)
+compute_loss = functools.partial(L.compute_loss, ops)  # (a, b, f, cfg) -> (loss, parts)
 
 
-def compute_loss(a, b, f, cfg):
-    return L.total_loss(loss_ops, a, b, f, OFFICIAL_RECIPE.coeff_int, cfg.grad_weight, cfg.ssim_weight)
-
-
-class Trainer:
+class Trainer(TrainerBase):
     ext = ".pth"
 
     def __init__(self, device: str = "auto", model_cfg=OFFICIAL):
@@ -117,10 +93,6 @@ class Trainer:
             eps=OFFICIAL_RECIPE.adam_eps,
         )
         self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=cfg.step_size, gamma=cfg.gamma)
-
-    def setup(self, cfg) -> None:
-        init = load_checkpoint(cfg.init, self.model_cfg).state_dict if cfg.init else None
-        self.build(cfg, init)
 
     def set_lr(self, lr: float) -> None:
         for g in self.opt.param_groups:  # the shared schedule; StepLR is stepped too, for its saved state
@@ -196,14 +168,10 @@ class Trainer:
         return {"epoch": int(ck["epoch"]), "step": int(ck["step"])}
 
 
-def state_dict_numpy(model) -> OrderedDict:
-    return OrderedDict((k, v.detach().cpu().numpy().copy()) for k, v in model.state_dict().items())
-
-
 def grads_numpy(model) -> dict:
     return {
         k: p.grad.detach().cpu().numpy().copy() for k, p in model.named_parameters() if p.grad is not None
     }
 
 
-__all__ = ["Trainer", "compute_loss", "loss_ops"]
+__all__ = ["Trainer", "compute_loss"]
