@@ -197,6 +197,19 @@ def validate(sd: dict, cfg: FilmConfig = OFFICIAL, path: str = "checkpoint") -> 
     raise FilmError(msg)
 
 
+def canonical_state_dict(state_dict: dict, cfg: FilmConfig, where: str = "state dict", to_numpy=np.asarray):
+    """What both backends' ``load_state_dict`` load: ``module.`` stripped (DataParallel keys), validated
+    against the schema (one FilmError listing every problem), float32 contiguous, in schema order."""
+    if not isinstance(state_dict, dict):
+        raise FilmError(f"{where}: expected a dict of tensors, got {type(state_dict).__name__}")
+    arrays = {
+        (k[len(DATAPARALLEL_PREFIX) :] if isinstance(k, str) and k.startswith(DATAPARALLEL_PREFIX) else k): to_numpy(v)
+        for k, v in state_dict.items()
+    }
+    validate(arrays, cfg, where)
+    return OrderedDict((k, np.ascontiguousarray(arrays[k], dtype=np.float32)) for k in param_schema(cfg))
+
+
 def stored_config(path: str, extras: dict) -> FilmConfig | None:
     """The FilmConfig saved with a checkpoint: safetensors metadata, or the ``model_config`` of the run
     folder's param.json for ``<run>/model/ckpt_<epoch>.pth|.pkl`` written by film train; None if neither."""

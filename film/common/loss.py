@@ -80,4 +80,4 @@ def compute_loss(ops, a, b, f, cfg):
     ``ops``: the backend's ops module (its loss primitives: abs, maximum, mean, sqrt, sum, conv2d_same)."""
     from film.common.spec import OFFICIAL_RECIPE
 
-    return total_loss(ops, a, b, f, OFFICIAL_RECIPE.coeff_int, cfg.grad_weight, cfg.ssim_weight)
+    return total_loss(ops, a, b, f, OFFICIAL_RECIPE.int_weight, cfg.grad_weight, cfg.ssim_weight)

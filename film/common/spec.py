@@ -8,7 +8,7 @@ the loaders validate against :func:`param_schema`, and the tests compare both wi
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 Shape = tuple[int, ...]
 
@@ -96,7 +96,10 @@ TINY = FilmConfig(
 
 @dataclass(frozen=True)
 class TrainRecipe:
-    """Official training hyper-parameters (``train.py`` defaults)."""
+    """Official training hyper-parameters (``train.py`` defaults). The one recipe vocabulary: a run's
+    ``film.common.training.TrainConfig`` takes these values under the same field names (plus run options);
+    the Adam constants and ``int_weight`` are fixed by the official recipe. The official loader shuffles and
+    drops the last incomplete batch (``film.common.training.epoch_batches``)."""
 
     epochs: int = 150
     lr: float = 1e-5
@@ -106,12 +109,9 @@ class TrainRecipe:
     step_size: int = 50
     gamma: float = 0.6
     batch_size: int = 2
-    coeff_int: float = 1.0
-    coeff_grad: float = 20.0
+    int_weight: float = 1.0  # coeff of the intensity term (official coeff_int)
+    grad_weight: float = 20.0  # coeff of the Sobel-gradient term (official coeff_grad / gradweight)
     ssim_weight: float = 0.0
-    shuffle: bool = True
-    drop_last: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 OFFICIAL_RECIPE = TrainRecipe()

@@ -37,7 +37,7 @@ class TrainConfig:
     lr: float = OFFICIAL_RECIPE.lr
     step_size: int = OFFICIAL_RECIPE.step_size
     gamma: float = OFFICIAL_RECIPE.gamma
-    grad_weight: float = OFFICIAL_RECIPE.coeff_grad
+    grad_weight: float = OFFICIAL_RECIPE.grad_weight
     ssim_weight: float = OFFICIAL_RECIPE.ssim_weight
     seed: int = 0
     device: str = "auto"

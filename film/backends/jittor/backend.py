@@ -9,7 +9,7 @@ import jittor as jt
 import numpy as np
 
 from film.backends.jittor.model import Net
-from film.common.checkpoint import validate
+from film.common.checkpoint import canonical_state_dict
 from film.common.spec import OFFICIAL, FilmConfig, param_schema
 from film.errors import FilmError
 
@@ -44,12 +44,11 @@ def build_model(cfg: FilmConfig = OFFICIAL, state_dict: dict | None = None, devi
 
 
 def load_state_dict(model: Net, state_dict: dict) -> None:
-    """Strict load: raises FilmError listing missing / unexpected / mis-shaped tensors."""
-    if not isinstance(state_dict, dict):
-        raise FilmError(f"expected a dict of tensors, got {type(state_dict).__name__}")
-    arrays = {k: v.numpy() if isinstance(v, jt.Var) else np.asarray(v) for k, v in state_dict.items()}
-    arrays = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in arrays.items()}
-    validate(arrays, model.cfg, "state dict")
+    """Strict load (common canonical_state_dict: ``module.`` stripped, validated, float32); Jittor's own
+    load_state_dict only logs problems."""
+    arrays = canonical_state_dict(
+        state_dict, model.cfg, to_numpy=lambda v: v.numpy() if isinstance(v, jt.Var) else np.asarray(v)
+    )
     own = model.state_dict()
     schema = param_schema(model.cfg)
     if set(own) != set(schema):  # a bug in model.py, not in the user's file
@@ -57,7 +56,7 @@ def load_state_dict(model: Net, state_dict: dict) -> None:
             f"jittor Net parameters differ from the schema: {sorted(set(own) ^ set(schema))[:10]}"
         )
     for k in schema:
-        own[k].assign(jt.array(np.ascontiguousarray(arrays[k], dtype=np.float32)))
+        own[k].assign(jt.array(arrays[k]))
     jt.sync_all()
 
 

@@ -13,7 +13,7 @@ from film.backends.jittor.backend import build_model, resolve_device
 from film.common import loss as L
 from film.common.safeio import read_jittor_pkl, write_jittor_pkl
 from film.common.spec import OFFICIAL, OFFICIAL_RECIPE, param_schema
-from film.common.training import TrainerBase, resume_checkpoint, resume_state_errors
+from film.common.training import TrainerBase, lr_at, resume_checkpoint, resume_state_errors
 from film.errors import FilmError
 
 compute_loss = functools.partial(L.compute_loss, ops)  # (a, b, f, cfg) -> (loss, parts)
@@ -100,7 +100,7 @@ class Trainer(TrainerBase):
             betas=OFFICIAL_RECIPE.adam_betas,
             weight_decay=OFFICIAL_RECIPE.weight_decay,
         )
-        self.step_size, self.gamma, self.base_lr = cfg.step_size, cfg.gamma, cfg.lr
+        self.recipe = cfg  # lr, step_size, gamma: the shared schedule (training.lr_at) and its saved state
 
     def set_lr(self, lr: float) -> None:
         self.opt.lr = lr
@@ -145,7 +145,7 @@ class Trainer(TrainerBase):
             "eps": self.opt.eps,
             "weight_decay": self.opt.weight_decay,
             "amsgrad": False,
-            "initial_lr": self.base_lr,
+            "initial_lr": self.recipe.lr,
             "params": list(range(len(pg["m"]))),
         }
         return {"state": state, "param_groups": [group]}
@@ -153,11 +153,11 @@ class Trainer(TrainerBase):
     def save(self, path: str, epoch: int, step: int) -> None:
         """{'model': state_dict, 'optimizer1', 'lr_schedule1', 'epoch', 'step'} as jt.save writes it (atomic)."""
         sd = {k: v.numpy().copy() for k, v in zip(param_schema(self.model_cfg), self._params())}
-        next_lr = self.base_lr * self.gamma ** ((epoch + 1) // self.step_size)
+        next_lr = lr_at(self.recipe, epoch + 1)
         sched = {
-            "step_size": self.step_size,
-            "gamma": self.gamma,
-            "base_lrs": [self.base_lr],
+            "step_size": self.recipe.step_size,
+            "gamma": self.recipe.gamma,
+            "base_lrs": [self.recipe.lr],
             "last_epoch": epoch + 1,
             "_last_lr": [next_lr],
         }

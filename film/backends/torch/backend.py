@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from film.backends.torch.model import Net
-from film.common.checkpoint import validate
+from film.common.checkpoint import canonical_state_dict
 from film.common.spec import OFFICIAL, FilmConfig, param_schema
 from film.errors import FilmError
 
@@ -75,12 +75,11 @@ def input_format(model: Net) -> torch.memory_format:
 
 
 def load_state_dict(model: Net, state_dict: dict) -> None:
-    validate(state_dict, model.cfg, "state dict")
-    tensors = OrderedDict(
-        (k, torch.from_numpy(np.ascontiguousarray(state_dict[k], dtype=np.float32)))
-        for k in param_schema(model.cfg)
+    """Strict load (common canonical_state_dict: ``module.`` stripped, validated, float32)."""
+    arrays = canonical_state_dict(
+        state_dict, model.cfg, to_numpy=lambda v: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
     )
-    model.load_state_dict(tensors, strict=True)
+    model.load_state_dict(OrderedDict((k, torch.from_numpy(v)) for k, v in arrays.items()), strict=True)
 
 
 def state_dict_numpy(model: Net) -> OrderedDict[str, np.ndarray]:
