@@ -26,7 +26,6 @@ import numpy as np
 from film.common.safeio import atomic_write_bytes, check_output_file
 from film.errors import FilmError
 
-TORCH_IMPLS = ("official-style", "torch", "torch-nchw", "torch-nhwc")
 ALIASES = {"torch-fast": "torch-nhwc"}
 DEFAULT_SIZES = {"cpu": ["288x384", "480x640"], "cuda": ["288x384", "480x640", "768x1024"]}
 
@@ -49,121 +48,64 @@ def _inputs(h: int, w: int, batch: int = 1):
             random_text(SYNTHETIC_TEXT_LEN, 768, seed=1, batch=batch))
 
 
+# label -> (backend, fast inference layout: None = as shipped, official-style forward)
+IMPLS = {
+    "official-style": ("torch", False, True),
+    "torch": ("torch", None, False),
+    "torch-nchw": ("torch", False, False),
+    "torch-nhwc": ("torch", True, False),
+    "jittor": ("jittor", None, False),
+}
+
+
 def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, train: bool, out_npy: str | None) -> dict:
-    """Runs in the child process."""
+    """Runs in the child process: one implementation, one size, inference or a training step, through the
+    backend interface only. A training step is ``Trainer.step`` of ``film train`` (forward, loss, backward,
+    Adam; NCHW in both backends, as film train runs), batch 2; inference is ``forward_numpy``."""
     import resource
 
+    from film.backends.registry import get_backend
     from film.common.init import random_state_dict
+    from film.common.spec import OFFICIAL
+    from film.common.training import TrainConfig
 
+    backend, fast, official = IMPLS[impl]
+    be = get_backend(backend, device)
+    be.set_deterministic()
     sd = random_state_dict(seed=0)
     a, b, t = _inputs(h, w, 2 if train else 1)
-    times: list[float] = []
-    peak_gpu = None
-    layout = None
-    if impl in TORCH_IMPLS:
-        import torch
+    cfg = TrainConfig(h5="", lr=1e-5)
+    if train:
+        trainer = be.make_trainer(device, OFFICIAL)
+        trainer.build(cfg, sd)
+        if official:  # the official-style forward inside the same training step
+            trainer.forward = be.reference_model(trainer.model)
+        layout = "nhwc" if be.is_fast(trainer.model) else "nchw"
 
-        from film.backends.torch.backend import (
-            build_model,
-            input_format,
-            is_fast,
-            set_deterministic,
-            set_fast,
-        )
-
-        set_deterministic()
-        model = build_model(state_dict=sd, device=device)
-        dev = next(model.parameters()).device
-        # "torch" is the backend as shipped: film fuse's default layout for the device; film train's NCHW
-        set_fast(model, None if impl == "torch" and not train else impl == "torch-nhwc")
-        layout = "nhwc" if is_fast(model) else "nchw"
-        fmt = input_format(model)
-        xa, xb = (torch.from_numpy(x).to(dev).contiguous(memory_format=fmt) for x in (a, b))
-        xt = torch.from_numpy(t).to(dev)
-        if impl == "official-style":
-            from film.backends.torch.reference import official_forward
-
-            fwd = lambda: official_forward(model, xa, xb, xt)  # noqa: E731
-        else:
-            fwd = lambda: model(xa, xb, xt)  # noqa: E731
-        if train:
-            from film.backends.torch.train import compute_loss
-            from film.common.training import TrainConfig
-
-            model.train()
-            opt = torch.optim.Adam(model.parameters(), lr=1e-5)
-            cfg = TrainConfig(h5="")
-
-            def once():
-                f = fwd()
-                loss, _ = compute_loss(xa, xb, f, cfg)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                return f
-        else:
-            def once():
-                with torch.inference_mode():
-                    return fwd()
-
-        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-        for _ in range(warmup):
-            once()
-        sync()
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            out = once()
-            sync()
-            times.append(time.perf_counter() - t0)
-        if dev.type == "cuda":
-            peak_gpu = torch.cuda.max_memory_allocated()
-        result = out.detach().float().cpu().numpy()
-        versions = {"torch": torch.__version__, "cuda": torch.version.cuda}
+        def once():
+            return trainer.step(a, b, t, cfg)[2]
     else:
-        from film.backends.registry import get_backend
+        model = be.set_fast(be.build_model(OFFICIAL, sd, device), fast)
+        layout = "nhwc" if be.is_fast(model) else "nchw"
+        runner = be.reference_model(model) if official else model
 
-        jb = get_backend("jittor", device)
-        import jittor as jt
+        def once():
+            return be.forward_numpy(runner, a, b, t)
 
-        model = jb.build_model(state_dict=sd, device=device)
-        if train:
-            from film.backends.jittor.train import TorchAdam, compute_loss
-            from film.common.training import TrainConfig
-
-            model.train()
-            opt = TorchAdam(model.parameters(), lr=1e-5)
-            cfg = TrainConfig(h5="")
-            ja, jbb, jtt = jt.array(a), jt.array(b), jt.array(t)
-
-            def once():
-                f = model(ja, jbb, jtt)
-                loss, _ = compute_loss(ja, jbb, f, cfg)
-                opt.step(loss)
-                jt.sync_all()
-                return f.numpy()
-        else:
-            def once():
-                return jb.forward_numpy(model, a, b, t)
-
-        for _ in range(warmup):
-            once()
-        jt.sync_all(True)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            result = once()
-            jt.sync_all(True)
-            times.append(time.perf_counter() - t0)
-        from film.backends.jittor.runtime import onednn_status
-
-        versions = {"jittor": jt.__version__, "jittor_kernels": onednn_status()}
+    for _ in range(warmup):
+        once()
+    be.gpu_memory_mb(reset=True)
+    times: list[float] = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = once()  # numpy out: the work is done when it returns
+        times.append(time.perf_counter() - t0)
     if out_npy:
         np.save(out_npy, result)
     return {
-        "impl": impl, "layout": layout, "size": f"{h}x{w}", "train": train, "median_s": statistics.median(times), "times_s": times,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_gpu_mb": None if peak_gpu is None else peak_gpu / 2**20, "versions": versions,
+        "impl": impl, "layout": layout, "size": f"{h}x{w}", "train": train, "median_s": statistics.median(times),
+        "times_s": times, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mb": be.gpu_memory_mb(), "versions": be.versions(),
     }
 
 
@@ -275,29 +217,44 @@ def memory_fit(rows: list[dict]) -> dict:
     return fits
 
 
-def run_bench(args) -> int:
-    device = args.device
+def bench(
+    device: str = "auto",
+    sizes: list[str] | None = None,
+    backends: str | None = None,
+    repeats: int = 3,
+    warmup: int = 1,
+    train: bool = False,
+    metrics: bool = False,
+    memory: bool = False,
+    output: str | None = None,
+) -> tuple[dict, str]:
+    """Time official-style / torch / jittor (each case in its own process) and write the results file;
+    returns (results, path). ``backends``: comma list of torch, torch-nchw, torch-nhwc, jittor (official-style
+    always runs); ``train``: also a training step (batch 2, film train's Trainer); ``metrics``: film eval vs
+    the straightforward port; ``memory``: one cold run per size and a line fit of peak memory per pixel."""
     if device == "auto":
         from film.backends.jittor.runtime import has_nvidia_gpu
 
         device = "cuda" if has_nvidia_gpu() else "cpu"
-    memory = bool(getattr(args, "memory", False))
     if memory:
-        args.sizes = args.sizes or MEMORY_SIZES
-        args.repeats, args.warmup = 1, 0
-    sizes = [_parse_size(s) for s in (args.sizes or DEFAULT_SIZES[device])]
-    from film.backends.torch.backend import fast_default
+        sizes = sizes or MEMORY_SIZES
+        repeats, warmup = 1, 0
+    if repeats < 1 or warmup < 0:
+        raise FilmError("--repeats must be at least 1 and --warmup at least 0")
+    size_list = [_parse_size(s) for s in (sizes or DEFAULT_SIZES[device])]
+    from film.backends.registry import get_backend
 
-    other = "torch-nchw" if fast_default(device) else "torch-nhwc"  # the layout "torch" does not ship on device
+    # the torch layout that "torch" (as shipped) does not use on this device
+    other = "torch-nchw" if get_backend(IMPLS["torch"][0], device).fast_default(device) else "torch-nhwc"
     impls = ["official-style", "torch", other, "jittor"]
-    if args.backends:
-        names = [ALIASES.get(b, b) for b in args.backends.split(",") if b]
-        bad = [b for b in names if b not in TORCH_IMPLS + ("jittor",) or b == "official-style"]
+    if backends:
+        names = [ALIASES.get(b, b) for b in backends.split(",") if b]
+        bad = [b for b in names if b not in IMPLS or b == "official-style"]
         if bad:
             raise FilmError(f"--backends: unknown {', '.join(bad)} (choose from torch, torch-nchw, torch-nhwc, jittor)")
         impls = ["official-style"] + list(dict.fromkeys(names))
     kind = "_memory" if memory else ""
-    out = args.output or os.path.join(
+    out = output or os.path.join(
         _repo_root() or ".", "benchmarks", "results", f"{time.strftime('%Y-%m-%d')}_{device}{kind}.json"
     )
     check_output_file(out, create_dir=True)  # before minutes of timing, not after
@@ -305,12 +262,13 @@ def run_bench(args) -> int:
     from tqdm import tqdm
 
     with tempfile.TemporaryDirectory() as tmp:
-        cases = [(i, s, False) for s in sizes for i in impls]
-        if args.train:
-            cases += [(i, sizes[0], True) for i in impls if i != "official-style"] + [("official-style", sizes[0], True)]
-        for impl, size, train in tqdm(cases, desc="bench", file=sys.stderr, disable=None):
-            r = _child(impl, size, device, args.repeats, args.warmup, train, tmp)
-            (results["train_step"] if train else results["inference"]).append(r)
+        cases = [(i, s, False) for s in size_list for i in impls]
+        if train:
+            cases += [(i, size_list[0], True) for i in impls if i != "official-style"]
+            cases += [("official-style", size_list[0], True)]
+        for impl, size, is_train in tqdm(cases, desc="bench", file=sys.stderr, disable=None):
+            r = _child(impl, size, device, repeats, warmup, is_train, tmp)
+            (results["train_step"] if is_train else results["inference"]).append(r)
         for group in ("inference", "train_step"):
             base = {r["size"]: r for r in results[group] if r["impl"] == "official-style"}
             for r in results[group]:
@@ -325,16 +283,16 @@ def run_bench(args) -> int:
         results["memory_fit"] = memory_fit(results["inference"])
         results["note"] = ("film bench --memory: one cold run per case (no warm-up); the timings are not a "
                            "benchmark, only peak memory is (a fresh process per case).")
-    if args.metrics:
+    if metrics:
         results["metrics"] = bench_metrics()
-    print(format_results(results))
     atomic_write_bytes(out, json.dumps(results, indent=2).encode())
-    print(f"results: {out}")
-    return 0
+    return results, out
 
 
 def _impl_label(r: dict) -> str:
-    return f"torch ({r['layout']})" if r["impl"] == "torch" and r.get("layout") else r["impl"]
+    """'torch (nhwc)': the as-shipped implementations show the layout they ran in."""
+    shipped = IMPLS.get(r["impl"], (None, False, False))[1] is None
+    return f"{r['impl']} ({r['layout']})" if shipped and r.get("layout") else r["impl"]
 
 
 def format_results(res: dict) -> str:

@@ -179,9 +179,13 @@ def cmd_describe(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from film.bench import run_bench
+    from film.bench import bench, format_results
 
-    return run_bench(args)
+    results, out = bench(args.device, args.sizes, args.backends, args.repeats, args.warmup, args.train,
+                         args.metrics, args.memory, args.output)
+    print(format_results(results))
+    print(f"results: {out}")
+    return 0
 
 
 def cmd_prepare(args) -> int:

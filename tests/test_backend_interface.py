@@ -36,3 +36,26 @@ def test_trainers_implement_the_interface(tb, jb):
             if callable(getattr(base.Trainer, member, None)):
                 assert _params(getattr(type(trainer), member))[: len(_params(getattr(base.Trainer, member)))] == \
                     _params(getattr(base.Trainer, member)), member
+
+
+def test_no_backend_name_branches_outside_backends():
+    """`if backend == "torch"`-style branches belong in film/backends/ (callers use the interface)."""
+    import os
+    import re
+
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "film")
+    pattern = re.compile(r"""(==|!=)\s*["'](torch|jittor)["']|["'](torch|jittor)["']\s*(==|!=)""")
+    offenders = []
+    for dirpath, _, files in os.walk(root):
+        if os.path.join(root, "backends") in dirpath or os.path.join(root, "common", "safeio") in dirpath:
+            continue
+        for fn in files:
+            if not fn.endswith(".py"):
+                continue
+            path = os.path.join(dirpath, fn)
+            with open(path) as f:
+                for i, line in enumerate(f, 1):
+                    # safeio's unpickler compares pickle module names ("torch" storages), not backends
+                    if pattern.search(line) and "module ==" not in line:
+                        offenders.append(f"{os.path.relpath(path, root)}:{i}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)

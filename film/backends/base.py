@@ -75,6 +75,16 @@ class Backend(Protocol):
 
     def describe(self) -> str: ...
 
+    def versions(self) -> dict: ...  # framework versions and kernel path, for results files
+
+    def fast_default(self, device: str) -> bool: ...  # whether set_fast(model, None) picks the fast layout
+
+    # film bench's baseline: a model-like callable running the official network's sequence of operations
+    # (same parameters), or None where the backend has none (only torch restates the official code)
+    def reference_model(self, model: Any) -> Any: ...
+
+    def gpu_memory_mb(self, reset: bool = False) -> float | None: ...  # peak device memory (None on CPU)
+
     def make_trainer(self, device: str, model_cfg: FilmConfig) -> Trainer: ...
 
     def check_launcher(self) -> None: ...  # refuse a multi-process launcher meant for the other backend

@@ -155,3 +155,21 @@ def launch_command(nproc: int, argv: list[str]) -> list[str]:
     if nproc > (os.cpu_count() or 1):
         cmd.append("--oversubscribe")
     return cmd + [sys.executable, "-m", "film", *argv]
+
+
+def versions() -> dict:
+    return {"jittor": jt.__version__, "jittor_kernels": _onednn_status()}
+
+
+def fast_default(device: str) -> bool:
+    """The NHWC inference layout is the default wherever oneDNN runs Jittor's convolutions."""
+    return _onednn_ops() is not None
+
+
+def reference_model(model: Net):
+    """Jittor has no restatement of the official code (the official network is torch)."""
+    return None
+
+
+def gpu_memory_mb(reset: bool = False) -> float | None:
+    return None  # Jittor's CUDA memory is not measured (no GPU session yet)

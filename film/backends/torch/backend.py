@@ -50,7 +50,7 @@ FAST_BY_DEFAULT = {"cpu": True, "cuda": False}
 
 
 def fast_default(device: str | torch.device) -> bool:
-    return FAST_BY_DEFAULT.get(torch.device(device).type, False)
+    return FAST_BY_DEFAULT.get(torch.device(device if device != "auto" else resolve_device()).type, False)
 
 
 def set_fast(model: Net, fast: bool | None = True) -> Net:
@@ -136,3 +136,34 @@ def launch_command(nproc: int, argv: list[str]) -> list[str]:
 
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
             "-m", "film", *argv]
+
+
+def versions() -> dict:
+    return {"torch": torch.__version__, "cuda": torch.version.cuda}
+
+
+class _OfficialStyle(torch.nn.Module):
+    """``net`` run through film/backends/torch/reference.py's official-style forward (film bench's baseline)."""
+
+    def __init__(self, net: Net):
+        super().__init__()
+        self.net = net
+        self.cfg = net.cfg
+
+    def forward(self, a, b, text, taps=None):
+        from film.backends.torch.reference import official_forward
+
+        return official_forward(self.net, a, b, text)
+
+
+def reference_model(model: Net):
+    return _OfficialStyle(model)
+
+
+def gpu_memory_mb(reset: bool = False) -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    torch.cuda.synchronize()
+    if reset:
+        torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.max_memory_allocated() / 2**20
