@@ -51,6 +51,22 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr * cfg.gamma ** (epoch // cfg.step_size)
 
 
+def steplr_state(cfg, epoch: int) -> dict:
+    """The ``lr_schedule1`` a torch ``StepLR`` (step_size, gamma over the recipe's lr) would hold after the
+    0-based ``epoch``, i.e. stepped epoch + 1 times, as its ``state_dict()`` (torch 2.x keys); written by both
+    backends' checkpoints, so no trainer keeps a scheduler just to serialise it."""
+    return {
+        "step_size": cfg.step_size,
+        "gamma": cfg.gamma,
+        "base_lrs": [cfg.lr],
+        "last_epoch": epoch + 1,
+        "_step_count": epoch + 2,
+        "_is_initial": False,
+        "_get_lr_called_within_step": False,
+        "_last_lr": [lr_at(cfg, epoch + 1)],
+    }
+
+
 def epoch_size(n: int, batch_size: int, drop_last: bool = True) -> int:
     """How many of ``n`` samples one epoch uses (drop_last drops the incomplete last batch)."""
     return (n // batch_size) * batch_size if drop_last else n

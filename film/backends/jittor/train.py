@@ -13,7 +13,7 @@ from film.backends.jittor.backend import build_model, resolve_device
 from film.common import loss as L
 from film.common.safeio import read_jittor_pkl, write_jittor_pkl
 from film.common.spec import OFFICIAL, OFFICIAL_RECIPE, param_schema
-from film.common.training import TrainerBase, lr_at, resume_checkpoint, resume_state_errors
+from film.common.training import TrainerBase, resume_checkpoint, resume_state_errors, steplr_state
 from film.errors import FilmError
 
 compute_loss = functools.partial(L.compute_loss, ops)  # (a, b, f, cfg) -> (loss, parts)
@@ -153,14 +153,7 @@ class Trainer(TrainerBase):
     def save(self, path: str, epoch: int, step: int) -> None:
         """{'model': state_dict, 'optimizer1', 'lr_schedule1', 'epoch', 'step'} as jt.save writes it (atomic)."""
         sd = {k: v.numpy().copy() for k, v in zip(param_schema(self.model_cfg), self._params())}
-        next_lr = lr_at(self.recipe, epoch + 1)
-        sched = {
-            "step_size": self.recipe.step_size,
-            "gamma": self.recipe.gamma,
-            "base_lrs": [self.recipe.lr],
-            "last_epoch": epoch + 1,
-            "_last_lr": [next_lr],
-        }
+        sched = steplr_state(self.recipe, epoch)
         if self.rank == 0:
             write_jittor_pkl(
                 path,

@@ -13,7 +13,7 @@ from film.backends.torch.backend import build_model, resolve_device, state_dict_
 from film.common import loss as L
 from film.common.safeio import atomic_path
 from film.common.spec import DATAPARALLEL_PREFIX, OFFICIAL, OFFICIAL_RECIPE
-from film.common.training import TrainerBase, resume_checkpoint, resume_state_errors
+from film.common.training import TrainerBase, resume_checkpoint, resume_state_errors, steplr_state
 from film.errors import FilmError
 
 compute_loss = functools.partial(L.compute_loss, ops)  # (a, b, f, cfg) -> (loss, parts)
@@ -92,10 +92,10 @@ class Trainer(TrainerBase):
             betas=OFFICIAL_RECIPE.adam_betas,
             eps=OFFICIAL_RECIPE.adam_eps,
         )
-        self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=cfg.step_size, gamma=cfg.gamma)
+        self.recipe = cfg  # lr, step_size, gamma: the shared schedule (training.lr_at) and its saved state
 
     def set_lr(self, lr: float) -> None:
-        for g in self.opt.param_groups:  # the shared schedule; StepLR is stepped too, for its saved state
+        for g in self.opt.param_groups:  # the shared schedule (training.lr_at)
             g["lr"] = lr
 
     def step(self, a, b, t, cfg):
@@ -135,14 +135,11 @@ class Trainer(TrainerBase):
 
     def save(self, path: str, epoch: int, step: int) -> None:
         """The official training dict, DataParallel keys; written to a temp file, then renamed (rank 0 only)."""
-        self.sched.last_epoch = epoch
-        self.sched._last_lr = [g["lr"] for g in self.opt.param_groups]
-        self.sched.step()
         sd = self.model.state_dict()
         ckpt = {
             "model": OrderedDict((DATAPARALLEL_PREFIX + k, v) for k, v in sd.items()),
             "optimizer1": self.opt.state_dict(),
-            "lr_schedule1": self.sched.state_dict(),
+            "lr_schedule1": steplr_state(self.recipe, epoch),
             "epoch": epoch,
             "step": step,
         }
@@ -164,7 +161,6 @@ class Trainer(TrainerBase):
         with resume_state_errors(path):
             self.build(recipe, sd)
             self.opt.load_state_dict(ck["optimizer1"])
-            self.sched.load_state_dict(ck["lr_schedule1"])
         return {"epoch": int(ck["epoch"]), "step": int(ck["step"])}
 
 
