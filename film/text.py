@@ -146,10 +146,10 @@ class TextEncoder:
         positions = getattr(getattr(self.model.config, "qformer_config", None), "max_position_embeddings", MAX_POSITIONS)
         limit = max_tokens or min(MAX_POSITIONS, positions)
         if not max_tokens:
-            for p in paragraphs:
-                n = len(self.tokenizer(p)["input_ids"])
-                if n > limit:
-                    print(f"film text: warning: a paragraph of {n} tokens is cut to {limit}: {p[:60]}...", file=sys.stderr)
+            for p, ids in zip(paragraphs, self.tokenizer(paragraphs)["input_ids"]):
+                if len(ids) > limit:
+                    print(f"film text: warning: a paragraph of {len(ids)} tokens is cut to {limit}: {p[:60]}...",
+                          file=sys.stderr)
         return self.tokenizer(
             paragraphs,
             return_tensors="pt",

@@ -96,29 +96,21 @@ def resize_nearest(x: jt.Var, size: tuple[int, int]) -> jt.Var:
     """Nearest resize of (B,C,H,W) (or NHWC in the channels-last layout) with the same index maps as the
     torch backend (film.common.resize)."""
     _, _, h, w = image_dims(x)
-    if _NHWC[0]:
-        if h != size[0]:
-            x = x[:, _index(h, size[0])]
-        if w != size[1]:
-            x = x[:, :, _index(w, size[1])]
-        return x
+    lead = (slice(None),) * (1 if _NHWC[0] else 2)  # the axes before H
     if h != size[0]:
-        x = x[:, :, _index(h, size[0])]
+        x = x[lead + (_index(h, size[0]),)]
     if w != size[1]:
-        x = x[:, :, :, _index(w, size[1])]
+        x = x[lead + (slice(None), _index(w, size[1]))]
     return x
 
 
 def layer_norm_withbias(x: jt.Var, weight: jt.Var, bias: jt.Var, eps: float) -> jt.Var:
-    if _NHWC[0]:  # channels are the innermost axis: a contiguous reduction
-        mu = x.mean(3, keepdims=True)
-        xc = x - mu
-        var = (xc * xc).mean(3, keepdims=True)
-        return xc / jt.sqrt(var + eps) * weight + bias
-    mu = x.mean(1, keepdims=True)
+    # in NHWC the channels are the innermost axis: a contiguous reduction, per-channel affine broadcasts as is
+    axis, shape = (3, (-1,)) if _NHWC[0] else (1, (-1, 1, 1))
+    mu = x.mean(axis, keepdims=True)
     xc = x - mu
-    var = (xc * xc).mean(1, keepdims=True)
-    return xc / jt.sqrt(var + eps) * weight.reshape(-1, 1, 1) + bias.reshape(-1, 1, 1)
+    var = (xc * xc).mean(axis, keepdims=True)
+    return xc / jt.sqrt(var + eps) * weight.reshape(*shape) + bias.reshape(*shape)
 
 
 def l2_normalize(x: jt.Var, eps: float) -> jt.Var:

@@ -232,6 +232,13 @@ def _fall_back_to_own_kernels(why: str, quiet: bool) -> None:
         print(f"film: Jittor runs without oneDNN ({why}); its own kernels are slower", file=sys.stderr, flush=True)
 
 
+def _without_onednn(stamp: str, why: str, quiet: bool) -> None:
+    """Remember (in the use_mkl=1 stamp) why oneDNN failed, and prepare Jittor with its own kernels."""
+    _write_stamp(stamp, f"no-mkl: {why}")
+    _fall_back_to_own_kernels(why, quiet)
+    warm_up(quiet)
+
+
 def warm_up(quiet: bool = False) -> None:
     """Import Jittor in child processes until it imports without asking for a rerun (first use compiles).
 
@@ -265,10 +272,7 @@ def warm_up(quiet: bool = False) -> None:
         last = (r.stdout + r.stderr).strip()
         if r.returncode == 0 and "FILM_JITTOR_OK 4.0" in r.stdout:
             if want_mkl and "FILM_JITTOR_MKL True" not in r.stdout:
-                why = "its oneDNN ops did not load"
-                _write_stamp(stamp, f"no-mkl: {why}")
-                _fall_back_to_own_kernels(why, quiet)
-                return warm_up(quiet)
+                return _without_onednn(stamp, "its oneDNN ops did not load", quiet)
             _write_stamp(stamp, "ok")
             return
         if r.returncode != 0:
@@ -276,9 +280,7 @@ def warm_up(quiet: bool = False) -> None:
     tail = "\n".join(last.splitlines()[-15:])
     if want_mkl:  # e.g. oneDNN's headers or library unusable: the build without it may still work
         why = "building its oneDNN ops failed: " + (last.splitlines()[-1][:160] if last else "no output")
-        _write_stamp(stamp, f"no-mkl: {why}")
-        _fall_back_to_own_kernels(why, quiet)
-        return warm_up(quiet)
+        return _without_onednn(stamp, why, quiet)
     raise FilmError(f"Jittor could not be prepared on this machine:\n{tail}")
 
 

@@ -152,15 +152,13 @@ class Trainer(TrainerBase):
 
     def save(self, path: str, epoch: int, step: int) -> None:
         """{'model': state_dict, 'optimizer1', 'lr_schedule1', 'epoch', 'step'} as jt.save writes it (atomic)."""
-        sd = {k: v.numpy().copy() for k, v in zip(param_schema(self.model_cfg), self._params())}
-        sched = steplr_state(self.recipe, epoch)
-        if self.rank == 0:
+        if self.rank == 0:  # the other ranks hold the same weights and only wait
             write_jittor_pkl(
                 path,
                 {
-                    "model": sd,
+                    "model": self.params_numpy(),
                     "optimizer1": self.optimizer_state(),
-                    "lr_schedule1": sched,
+                    "lr_schedule1": steplr_state(self.recipe, epoch),
                     "epoch": epoch,
                     "step": step,
                 },
