@@ -8,9 +8,9 @@ Keeping the computation in one place means the two backends cannot drift apart i
 
 Image feature maps are (B, C, H, W) *logically*; where a backend stores them channels-last (the Jittor
 backend on oneDNN keeps them physically NHWC, as oneDNN's fast convolutions want), every access that
-depends on the memory order goes through ``ops``: ``image_dims``, ``split_channels``, ``cat_channels``,
-``qkv_heads`` / ``from_channel_heads`` (the MDTA's (B, heads, C/heads, H*W) rows), ``to_nchw`` /
-``from_nchw`` (the official token ``view`` of an NCHW map, network input and output).
+depends on the memory order goes through ``ops``: ``image_dims``, ``conv_halves``, ``cat_channels``,
+``qk_cosine`` / ``attend_project`` (the MDTA's products over its (B, heads, C/heads, H*W) rows),
+``to_nchw`` / ``from_nchw`` (the official token ``view`` of an NCHW map, network input and output).
 
 Restates the official ``net/Film.py`` / ``net/restormer.py`` (IF-FILM) forward.
 """
@@ -24,18 +24,20 @@ def tap(taps, name, x, ops) -> None:
 
 
 def mdta(m, ops, x):
-    """Restormer Multi-DConv Head Transposed Attention over channels. (B,C,H,W) -> (B,C,H,W)."""
-    b, c, h, w = ops.image_dims(x)
-    q, k, v = ops.qkv_heads(m.qkv_dwconv(m.qkv(x)), m.num_heads)
-    q = ops.l2_normalize(q, m.eps)
-    k = ops.l2_normalize(k, m.eps)
-    attn = ops.softmax(ops.gram(q, k) * m.temperature)
-    return m.project_out(ops.from_channel_heads(ops.matmul(attn, v), b, c, h, w))
+    """Restormer Multi-DConv Head Transposed Attention over channels. (B,C,H,W) -> (B,C,H,W).
+
+    Official: q, k, v = chunk(qkv_dwconv(qkv(x))) as (B, heads, C/heads, H*W) rows; attn =
+    softmax(normalize(q) @ normalize(k)^T * temperature); out = project_out(attn @ v). ``ops.qk_cosine`` and
+    ``ops.attend_project`` compute those two products in the backend's memory order (see each ops module).
+    """
+    qkv = m.qkv_dwconv(m.qkv(x))
+    attn = ops.softmax(ops.qk_cosine(qkv, m.num_heads, m.eps) * m.temperature)
+    return ops.attend_project(attn, qkv, m.project_out)
 
 
 def gdfn(m, ops, x):
     """Restormer Gated-Dconv Feed-Forward Network. (B,C,H,W) -> (B,C,H,W)."""
-    x1, x2 = ops.split_channels(m.dwconv(m.project_in(x)), 2)
+    x1, x2 = ops.conv_halves(x, m.project_in, m.dwconv)  # official: dwconv(project_in(x)).chunk(2, dim=1)
     return m.project_out(ops.gelu(x1) * x2)
 
 
@@ -58,12 +60,24 @@ def multihead_attention(m, ops, query, key, value):
     return m.out_proj(out.transpose(1, 2).reshape(b, n_q, e))
 
 
+def resized(ops, f, x, size):
+    """``resize_nearest(f(x), size)`` for a per-pixel ``f`` (1x1 convolutions, PReLU): a nearest resize only
+    picks pixels, so it commutes with ``f``, which runs on whichever side has fewer pixels. Not the official
+    order (f, then resize) when the resize shrinks; the same numbers (each pixel's value is computed the same
+    way), and at 480x640 the token-grid 1x1 convolutions run on 288x384 instead of 480x640.
+    """
+    _, _, h, w = ops.image_dims(x)
+    if h * w > size[0] * size[1]:
+        return f(ops.resize_nearest(x, size))
+    return ops.resize_nearest(f(x), size)
+
+
 def image_to_tokens(m, ops, x):
     """1x1 conv, nearest resize to the fixed token grid, cut into (B, N, hidden_dim) tokens.
 
     The official ``view`` cuts the flattened (C, 288, 384) map into consecutive runs of hidden_dim values.
     """
-    x = ops.to_nchw(ops.resize_nearest(m.conv(x), m.token_grid))
+    x = ops.to_nchw(resized(ops, m.conv, x, m.token_grid))
     return x.reshape(x.shape[0], -1, m.hidden_dim)
 
 
@@ -81,8 +95,9 @@ def cablock_branch(m, ops, s: str, ca_name: str, image, text, taps, prefix: str)
     b, _, h, w = ops.image_dims(feat)
     gh, gw = cfg.token_grid
     # The official code also resizes `feat` to (H, W) twice here: identities, skipped.
-    ca = ops.resize_nearest(ops.from_nchw((tokens * ca).reshape(b, cfg.image2text_dim, gh, gw)), (h, w))
-    side = getattr(m, f"prelu{s}2")(getattr(m, f"conv{s}2")(ca)) + feat
+    ca = ops.from_nchw((tokens * ca).reshape(b, cfg.image2text_dim, gh, gw))
+    conv2, prelu2 = getattr(m, f"conv{s}2"), getattr(m, f"prelu{s}2")
+    side = resized(ops, lambda y: prelu2(conv2(y)), ca, (h, w)) + feat
     out = getattr(m, f"prelu{s}3")(getattr(m, f"conv{s}3")(ops.cat_channels([feat, side])))
     tap(taps, f"{prefix}.out{s}", out, ops)
     return out

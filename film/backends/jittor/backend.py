@@ -10,6 +10,7 @@ import numpy as np
 
 from film.backends.jittor.model import Net
 from film.common.checkpoint import canonical_state_dict
+from film.common.heap import reuse_freed_memory
 from film.common.spec import OFFICIAL, FilmConfig, param_schema
 from film.errors import FilmError
 
@@ -70,7 +71,7 @@ def forward_numpy(
 ) -> np.ndarray:
     """(B,1,H,W), (B,1,H,W), (B,L,D) float32 numpy -> (B,1,H,W) float32 numpy; ``taps`` filled with numpy."""
     raw: dict | None = {} if taps is not None else None
-    with jt.no_grad():
+    with reuse_freed_memory(), jt.no_grad():  # film.common.heap: host allocations of the forward
         out = model(
             jt.array(np.ascontiguousarray(a, dtype=np.float32)),
             jt.array(np.ascontiguousarray(b, dtype=np.float32)),

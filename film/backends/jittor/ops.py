@@ -45,33 +45,97 @@ def image_dims(x: jt.Var) -> tuple[int, int, int, int]:
     return b, c, h, w
 
 
-def split_channels(x: jt.Var, n: int) -> list[jt.Var]:
-    if _NHWC[0]:  # an index on a 5-D view: ~2x faster in Jittor than slicing the innermost axis
-        b, h, w, c = x.shape
-        y = x.reshape(b, h, w, n, c // n)
-        return [y[:, :, :, i] for i in range(n)]
-    step = x.shape[1] // n
-    return [x[:, i * step : (i + 1) * step] for i in range(n)]
+def conv_halves(x: jt.Var, project_in, dwconv) -> tuple[jt.Var, jt.Var]:
+    """``dwconv(project_in(x)).chunk(2, dim=1)`` (the GDFN's two branches). NHWC: slicing the innermost axis
+    is a copy in Jittor, so each half is made by its own pair of convolutions over the matching output
+    channels (a depth-wise convolution never mixes channels): the same numbers and work, no copies."""
+    if not _NHWC[0]:
+        y = dwconv(project_in(x))
+        step = y.shape[1] // 2
+        return y[:, :step], y[:, step:]
+    h = project_in.weight.shape[0] // 2
+
+    def part(t, p):
+        return None if p is None else p[t * h : (t + 1) * h]
+
+    return tuple(
+        depthwise3x3_nhwc(
+            conv2d_onednn(x, part(t, project_in.weight), part(t, project_in.bias), 0, 1),
+            part(t, dwconv.weight), part(t, dwconv.bias),
+        )
+        for t in range(2)
+    )
 
 
 def cat_channels(xs: list[jt.Var]) -> jt.Var:
     return jt.concat(xs, 3 if _NHWC[0] else 1)
 
 
-def qkv_heads(qkv: jt.Var, heads: int) -> tuple[jt.Var, jt.Var, jt.Var]:
-    """(B, 3C, H, W) logical -> q, k, v of shape (B, heads, C/heads, H*W); from NHWC one transpose copy."""
-    b, c3, h, w = image_dims(qkv)
-    d = c3 // 3 // heads
-    if _NHWC[0]:
-        t = qkv.reshape(b, h * w, 3, heads, d).transpose(2, 0, 3, 4, 1)
-    else:
-        t = qkv.reshape(b, 3, heads, d, h * w).transpose(1, 0, 2, 3, 4)
+def _qkv_heads(qkv: jt.Var, heads: int) -> tuple[jt.Var, jt.Var, jt.Var]:
+    """(B, 3C, H, W) NCHW -> q, k, v of shape (B, heads, C/heads, H*W): the official rearrange of the MDTA."""
+    b, c3, h, w = qkv.shape
+    t = qkv.reshape(b, 3, heads, c3 // 3 // heads, h * w).transpose(1, 0, 2, 3, 4)
     return t[0], t[1], t[2]
 
 
+def _pixel_grams(qkv: jt.Var) -> jt.Var:
+    """NHWC (B, H, W, 3C) -> (B, 3C, 3C) = rows^T rows over the H*W pixel rows, one oneDNN sgemm per image
+    (transposed operand in place: slicing out the q, k columns first would cost a copy larger than the
+    product's extra columns)."""
+    b, h, w, c3 = qkv.shape
+    rows = qkv.reshape(b, h * w, c3)
+    gs = [onednn().mkl_matmul(rows[i], rows[i], True, False) for i in range(b)]
+    return jt.stack(gs) if b > 1 else gs[0].reshape(1, c3, c3)
+
+
+def qk_cosine(qkv: jt.Var, heads: int, eps: float) -> jt.Var:
+    """The MDTA's per-head cosine similarities ``normalize(q) @ normalize(k)^T`` over H*W (as F.normalize:
+    x / max(||x||, eps)): (B, 3C, H, W) logical -> (B, heads, C/heads, C/heads).
+
+    NCHW (training): the official order, norms and gram accumulated in float64. NHWC (inference, oneDNN):
+    G = rows^T rows in one sgemm over the pixel rows, whose diagonal holds the squared norms and whose q-k
+    block holds the raw products, divided by the norms afterwards (the same quantity, as the torch backend's
+    channels_last path; oneDNN's blocked float32 sum, not Jittor's running one; docs/parity.md)."""
+    if not _NHWC[0]:
+        q, k, _ = _qkv_heads(qkv, heads)
+        return gram(l2_normalize(q, eps), l2_normalize(k, eps))
+    b, c3, _, _ = image_dims(qkv)
+    c, d = c3 // 3, c3 // 3 // heads
+    g = _pixel_grams(qkv)
+    norm = jt.maximum(jt.sqrt(g.reindex([b, 2 * c], ["i0", "i1", "i1"])), eps)
+    qk = g.reindex([b, heads, d, d], ["i0", f"i1*{d}+i2", f"{c}+i1*{d}+i3"])
+    nq = norm[:, :c].reshape(b, heads, d, 1)
+    nk = norm[:, c:].reshape(b, heads, 1, d)
+    return qk / (nq * nk)
+
+
+def attend_project(attn: jt.Var, qkv: jt.Var, project_out) -> jt.Var:
+    """``project_out(rearrange(attn @ v))`` of the MDTA: attn (B, heads, d, d), v the last C channels of qkv.
+
+    NHWC: attn @ v is v's pixel rows times the block-diagonal of attn^T and project_out (1x1) one more matrix,
+    so both are one (C, C_out) matrix, zero-padded over the q, k rows and applied to all of qkv's pixel rows
+    in one oneDNN sgemm (cheaper than slicing v out), written straight into the NHWC output."""
+    b, c3, h, w = image_dims(qkv)
+    c, heads = c3 // 3, attn.shape[1]
+    d = c // heads
+    if not _NHWC[0]:
+        _, _, v = _qkv_heads(qkv, heads)
+        return project_out(from_channel_heads(matmul(attn, v), b, c, h, w))
+    # block_diag[b, i, j] = attn[b, i/d, i%d, j%d] where i/d == j/d, else 0
+    block_diag = attn.reindex(
+        [b, c, c], ["i0", f"i1/{d}", f"i1%{d}", f"i2%{d}"], overflow_conditions=[f"i1/{d}!=i2/{d}"]
+    )
+    weight = project_out.weight.reshape(project_out.weight.shape[0], c)
+    rows = qkv.reshape(b, h * w, c3)
+    outs = []
+    for i in range(b):
+        m = jt.concat([jt.zeros((2 * c, weight.shape[0]), dtype=attn.dtype), jt.matmul(weight, block_diag[i]).transpose(1, 0)])
+        outs.append(onednn().mkl_matmul(rows[i], m, False, False))
+    out = (jt.stack(outs) if b > 1 else outs[0].reshape(1, h * w, -1)).reshape(b, h, w, -1)
+    return out if project_out.bias is None else out + project_out.bias
+
+
 def from_channel_heads(y: jt.Var, b: int, c: int, h: int, w: int) -> jt.Var:
-    if _NHWC[0]:
-        return y.reshape(b, c, h * w).transpose(0, 2, 1).reshape(b, h, w, c)
     return y.reshape(b, c, h, w)
 
 
@@ -201,6 +265,47 @@ class _OneDnnConv(jt.Function):
         return dx, dw, None, None, None
 
 
+# Depth-wise 3x3 (padding 1) over an NHWC map, as a C++ loop compiled by Jittor (``jt.code``, OpenMP over
+# rows, the channel loop vectorised by g++ -march=native). oneDNN 2.2's depth-wise kernel, as Jittor's
+# mkl_conv calls it (format "any"), reorders NHWC to a blocked layout and back around every call: this loop
+# reads the map once and was 5x faster on FILM's shapes (docs/jittor_onednn.md). Sum order: bias, then the
+# taps row by row, as oneDNN's direct kernel; within 4e-6 of it on unit-variance inputs.
+_DW3X3_NHWC = r"""
+const int B = in0_shape0, H = in0_shape1, W = in0_shape2, C = in0_shape3;
+const float* __restrict__ x = in0_p;
+const float* __restrict__ wt = in1_p;
+const float* __restrict__ bias = in2_p;
+float* __restrict__ y = out0_p;
+#pragma omp parallel for collapse(2)
+for (int b = 0; b < B; b++)
+for (int i = 0; i < H; i++) {
+  for (int j = 0; j < W; j++) {
+    float* __restrict__ yo = y + ((size_t)(b * H + i) * W + j) * C;
+    for (int c = 0; c < C; c++) yo[c] = bias[c];
+    for (int di = -1; di <= 1; di++) {
+      const int ii = i + di;
+      if (ii < 0 || ii >= H) continue;
+      for (int dj = -1; dj <= 1; dj++) {
+        const int jj = j + dj;
+        if (jj < 0 || jj >= W) continue;
+        const float* __restrict__ xi = x + ((size_t)(b * H + ii) * W + jj) * C;
+        const float* __restrict__ wk = wt + ((di + 1) * 3 + (dj + 1)) * C;
+        for (int c = 0; c < C; c++) yo[c] += xi[c] * wk[c];
+      }
+    }
+  }
+}
+"""
+
+
+def depthwise3x3_nhwc(x: jt.Var, weight: jt.Var, bias: jt.Var | None) -> jt.Var:
+    """Depth-wise 3x3 convolution, padding 1, of an NHWC map (inference: no gradient)."""
+    c = x.shape[3]
+    taps = weight.reshape(c, 9).transpose(1, 0)  # (9, C): one contiguous row of channel weights per tap
+    b = bias if bias is not None else jt.zeros((c,), dtype=x.dtype)
+    return jt.code(x.shape, x.dtype, [x, taps, b], cpu_src=_DW3X3_NHWC)
+
+
 def conv2d_onednn(x: jt.Var, weight: jt.Var, bias: jt.Var | None, padding: int, groups: int) -> jt.Var:
     """Stride-1, dilation-1 convolution with symmetric padding on oneDNN (needs use_mkl=1), in the current
     layout (NCHW, or NHWC inside a channels-last Net forward)."""
@@ -210,6 +315,8 @@ def conv2d_onednn(x: jt.Var, weight: jt.Var, bias: jt.Var | None, padding: int, 
         b, h, w, c = x.shape
         y = jt.matmul(x.reshape(b * h * w, c), weight.reshape(weight.shape[0], c).transpose(1, 0))
         y = y.reshape(b, h, w, weight.shape[0])
+    elif nhwc and weight.shape[1:] == (1, 3, 3) and groups == x.shape[3] == weight.shape[0] and padding == 1:
+        return depthwise3x3_nhwc(x, weight, bias)
     else:
         y = _OneDnnConv.apply(x, weight, padding, groups, "acdb" if nhwc else "abcd")
     if bias is None:

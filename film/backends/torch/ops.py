@@ -24,10 +24,15 @@ def _index(in_size: int, out_size: int, device: torch.device) -> torch.Tensor:
 
 
 def resize_nearest(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``F.interpolate(x, size, mode='nearest')`` as two gathers with index maps from film.common.resize."""
-    h, w = x.shape[-2:]
+    """``F.interpolate(x, size, mode='nearest')`` with index maps from film.common.resize: two gathers (NCHW),
+    or one gather of whole pixel rows (channels_last, which keeps the result channels_last)."""
+    b, c, h, w = x.shape
     if (h, w) == tuple(size):
         return x
+    if _is_nhwc(x):
+        ih, iw = _index(h, size[0], x.device), _index(w, size[1], x.device)
+        rows = _pixel_rows(x).index_select(1, (ih[:, None] * w + iw[None, :]).reshape(-1))
+        return rows.reshape(b, size[0], size[1], c).permute(0, 3, 1, 2)
     if h != size[0]:
         x = x.index_select(-2, _index(h, size[0], x.device))
     if w != size[1]:
@@ -48,10 +53,8 @@ def layer_norm_withbias(
     return (x - mu) / torch.sqrt(var + eps) * weight[:, None, None] + bias[:, None, None]
 
 
-def l2_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
-    # contiguous(): no-op in the default layout; under channels_last (fast mode) x is a strided view and the
-    # CPU norm over its 110k-long last axis is ~10x less accurate (measured), which the network amplifies
-    return F.normalize(x.contiguous(), p=2.0, dim=-1, eps=eps)
+def _l2_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.normalize(x, p=2.0, dim=-1, eps=eps)
 
 
 def l1_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -79,17 +82,69 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.linear(x, w, b)
 
 
-def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.matmul(a, b.contiguous())  # b strided under channels_last: see l2_normalize
-
-
 def mean_keepdim(x: torch.Tensor, dim: int) -> torch.Tensor:
     return x.mean(dim, keepdim=True)
 
 
-def gram(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """q @ k^T over the last axis (H*W long in MDTA)."""
-    return torch.matmul(q, k.transpose(-2, -1))
+def _is_nhwc(x: torch.Tensor) -> bool:
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _qkv_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, 3C, H, W) -> q, k, v of shape (B, heads, C/heads, H*W): the official rearrange of the MDTA."""
+    b, c3, h, w = qkv.shape
+    qkv = qkv.reshape(b, 3, heads, c3 // 3 // heads, h * w)
+    return qkv[:, 0], qkv[:, 1], qkv[:, 2]
+
+
+def _pixel_rows(x: torch.Tensor) -> torch.Tensor:
+    """A channels_last (B, C, H, W) map as its (B, H*W, C) pixel rows: a view, no copy."""
+    b, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+
+
+def qk_cosine(qkv: torch.Tensor, heads: int, eps: float) -> torch.Tensor:
+    """The MDTA's per-head cosine similarities ``normalize(q) @ normalize(k)^T`` over H*W (F.normalize:
+    x / max(||x||, eps)): (B, 3C, H, W) -> (B, heads, C/heads, C/heads).
+
+    NCHW: the official order (normalise the (B, heads, d, H*W) rows, then their gram). channels_last (fast
+    mode): those rows are strided and copying them out costs more than the whole attention, so one sgemm
+    over the pixel rows gives G = [q k]^T [q k]; its diagonal holds the squared norms and its q-k block the
+    raw products, divided by the two norms afterwards (the same quantity; measured 0.7x the float32 error of
+    the official order against float64, docs/parity.md).
+    """
+    if not _is_nhwc(qkv):
+        q, k, _ = _qkv_heads(qkv, heads)
+        return torch.matmul(_l2_normalize(q, eps), _l2_normalize(k, eps).transpose(-2, -1))
+    b, c3, _, _ = qkv.shape
+    c, d = c3 // 3, c3 // 3 // heads
+    xqk = _pixel_rows(qkv)[:, :, : 2 * c]
+    g = torch.matmul(xqk.transpose(1, 2), xqk)  # (B, 2C, 2C)
+    norm = g.diagonal(dim1=1, dim2=2).sqrt().clamp_min(eps)
+    qk = g[:, :c, c:].reshape(b, heads, d, heads, d).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)
+    return qk / (norm[:, :c].reshape(b, heads, d, 1) * norm[:, c:].reshape(b, heads, 1, d))
+
+
+def attend_project(attn: torch.Tensor, qkv: torch.Tensor, project_out: torch.nn.Conv2d) -> torch.Tensor:
+    """``project_out(rearrange(attn @ v))`` of the MDTA: attn (B, heads, d, d), v the last C channels of qkv.
+
+    channels_last: attn @ v per head is v's pixel rows times the block-diagonal of attn^T, and project_out
+    (a 1x1 convolution) is one more matrix on the right, so both are one (C x C_out) matrix applied to the
+    strided pixel rows of v in one sgemm, written straight into the NHWC output (no copies).
+    """
+    b, c3, h, w = qkv.shape
+    c, heads = c3 // 3, attn.shape[1]
+    if not _is_nhwc(qkv):
+        _, _, v = _qkv_heads(qkv, heads)
+        return project_out(torch.matmul(attn, v).reshape(b, c, h, w))
+    eye = torch.eye(heads, dtype=attn.dtype, device=attn.device)
+    block_diag = torch.einsum("bhij,hg->bhigj", attn, eye).reshape(b, c, c)
+    weight = project_out.weight.reshape(project_out.out_channels, c)
+    m = torch.matmul(weight, block_diag).transpose(1, 2)  # (B, C, C_out)
+    v = _pixel_rows(qkv)[:, :, 2 * c :]
+    bias = project_out.bias
+    out = torch.baddbmm(bias, v, m) if bias is not None else torch.bmm(v, m)
+    return out.reshape(b, h, w, -1).permute(0, 3, 1, 2)
 
 
 def detach(x: torch.Tensor) -> torch.Tensor:
@@ -105,23 +160,31 @@ def image_dims(x: torch.Tensor) -> tuple[int, int, int, int]:
     return b, c, h, w
 
 
-def split_channels(x: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
-    return x.chunk(n, 1)
+def conv_halves(x: torch.Tensor, project_in: torch.nn.Conv2d, dwconv: torch.nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dwconv(project_in(x)).chunk(2, dim=1)`` (the GDFN's two branches).
+
+    channels_last: chunking that map gives two strided halves, on which GELU and the product run ~1.6x slower
+    than on contiguous maps; each half is instead made by its own pair of convolutions over the matching
+    output channels (project_in's rows, dwconv's channels: a depth-wise convolution never mixes channels),
+    the same numbers with the same work, and both halves come out contiguous."""
+    if not _is_nhwc(x):
+        return tuple(dwconv(project_in(x)).chunk(2, 1))
+    h = project_in.out_channels // 2
+
+    def part(t, p):
+        return None if p is None else p[t * h : (t + 1) * h]
+
+    return tuple(
+        F.conv2d(
+            F.conv2d(x, part(t, project_in.weight), part(t, project_in.bias)),
+            part(t, dwconv.weight), part(t, dwconv.bias), padding=dwconv.padding, groups=h,
+        )
+        for t in range(2)
+    )
 
 
 def cat_channels(xs: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(xs, 1)
-
-
-def qkv_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, 3C, H, W) -> q, k, v of shape (B, heads, C/heads, H*W): the official rearrange of the MDTA."""
-    b, c3, h, w = qkv.shape
-    qkv = qkv.reshape(b, 3, heads, c3 // 3 // heads, h * w)
-    return qkv[:, 0], qkv[:, 1], qkv[:, 2]
-
-
-def from_channel_heads(y: torch.Tensor, b: int, c: int, h: int, w: int) -> torch.Tensor:
-    return y.reshape(b, c, h, w)
 
 
 def to_nchw(x: torch.Tensor) -> torch.Tensor:
