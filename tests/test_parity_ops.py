@@ -44,6 +44,13 @@ def test_resize_backends(tb, jb, rng, shape, size):
     np.testing.assert_array_equal(resize_nearest_np(x, size), ref)
     np.testing.assert_array_equal(tops.resize_nearest(torch.from_numpy(x), size).numpy(), ref)
     np.testing.assert_array_equal(jops.resize_nearest(jt.array(x), size).numpy(), ref)
+    # channels-last paths (one gather of pixel rows): torch channels_last, Jittor's NHWC layout
+    t = tops.resize_nearest(torch.from_numpy(x).contiguous(memory_format=torch.channels_last), size)
+    assert t.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_array_equal(t.numpy(), ref)
+    with jops.layout(True):
+        j = jops.resize_nearest(jt.array(x.transpose(0, 2, 3, 1).copy()), size).numpy()
+    np.testing.assert_array_equal(j.transpose(0, 3, 1, 2), ref)
 
 
 def _both(tb, jb, fn_name, *arrays, **kw):
@@ -203,6 +210,21 @@ def test_softmax_gelu_sigmoid(tb, jb, rng):
     t, _ = _both(tb, jb, "softmax", x)
     e = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
     close(t, e / e.sum(-1, keepdims=True), 1e-6, "softmax vs numpy")
+
+
+def test_jittor_inference_softmax_kernel(jb, rng):
+    """Without gradients Jittor's softmax is a compiled row loop (float64 row sums): against numpy float64,
+    on the cross-attention's long rows and on short ones."""
+    import jittor as jt
+
+    from film.backends.jittor import ops as jops
+
+    for shape in ((2, 3, 13824), (4, 5, 7), (1, 1)):
+        x = (10 * rng.standard_normal(shape)).astype(np.float32)
+        e = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
+        with jt.no_grad():
+            y = jops.softmax(jt.array(x)).numpy()
+        close(y, e / e.sum(-1, keepdims=True), 1e-6, f"softmax {shape}")
 
 
 def test_attention_matches_multihead_formula(tb, jb, rng):
