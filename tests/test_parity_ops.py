@@ -130,31 +130,81 @@ def test_mdta_products_match_the_official_formula(tb, jb, rng, fast):
 
     qkv, heads, temperature, weight, bias = _mdta_case(rng)
     cos_ref, attn_ref, out_ref = _mdta_numpy(qkv, heads, temperature, weight, bias)
+    c = qkv.shape[1] // 3
+    qk, v = qkv[:, : 2 * c].copy(), qkv[:, 2 * c :].copy()
+    attn = attn_ref.astype(np.float32)
 
-    conv = torch.nn.Conv2d(weight.shape[1], weight.shape[0], 1)
+    conv = torch.nn.Conv2d(c, c, 1)
     conv.weight.data = torch.from_numpy(weight)
     conv.bias.data = torch.from_numpy(bias)
-    tq = torch.from_numpy(qkv)
+    tqk, tv = torch.from_numpy(qk), torch.from_numpy(v)
     if fast:
-        tq, conv = tq.contiguous(memory_format=torch.channels_last), conv.to(memory_format=torch.channels_last)
+        tqk, tv = (t.contiguous(memory_format=torch.channels_last) for t in (tqk, tv))
+        conv = conv.to(memory_format=torch.channels_last)
     with torch.no_grad():
-        cos = tops.qk_cosine(tq, heads, 1e-12)
-        out = tops.attend_project(torch.from_numpy(attn_ref.astype(np.float32)), tq, conv)
+        cos = tops.qk_cosine(tqk, heads, 1e-12)
+        out = tops.attend_project(torch.from_numpy(attn), tv, conv)
     close(cos.numpy(), cos_ref, 2e-6, "torch qk_cosine")
     assert not fast or out.is_contiguous(memory_format=torch.channels_last)
     close(out.numpy(), out_ref, 2e-5, "torch attend_project")
 
     if fast and jops.onednn() is None:
         pytest.skip("the NHWC Jittor layout needs oneDNN")
-    jconv = jm.Conv2d(weight.shape[1], weight.shape[0], 1)
+    jconv = jm.Conv2d(c, c, 1)
     jconv.weight.update(jt.array(weight))
     jconv.bias.update(jt.array(bias))
-    jq = jt.array(qkv.transpose(0, 2, 3, 1).copy() if fast else qkv)
+
+    def j(x):
+        return jt.array(x.transpose(0, 2, 3, 1).copy() if fast else x)
+
     with jops.layout(fast), jt.no_grad():
-        jcos = jops.qk_cosine(jq, heads, 1e-12).numpy()
-        jout = jops.attend_project(jt.array(attn_ref.astype(np.float32)), jq, jconv).numpy()
+        jcos = jops.qk_cosine(j(qk), heads, 1e-12).numpy()
+        jout = jops.attend_project(jt.array(attn), j(v), jconv).numpy()
     close(jcos, cos_ref, 2e-6, "jittor qk_cosine")
     close(jout.transpose(0, 3, 1, 2) if fast else jout, out_ref, 2e-5, "jittor attend_project")
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["nchw", "nhwc"])
+def test_conv_split_is_the_official_chunk(tb, jb, rng, fast):
+    """ops.conv_split == depthwise(pointwise(x)) cut into channel groups (torch's own convolutions, float64),
+    in both memory orders of both backends (NHWC makes each group with its own convolutions)."""
+    import jittor as jt
+    import torch
+    import torch.nn.functional as F
+
+    from film.backends.jittor import model as jm
+    from film.backends.jittor import ops as jops
+    from film.backends.torch import ops as tops
+
+    x = rng.standard_normal((2, 8, 13, 17)).astype(np.float32)
+    pw = (rng.standard_normal((12, 8, 1, 1)) / 3).astype(np.float32)
+    dw = rng.standard_normal((12, 1, 3, 3)).astype(np.float32)
+    sizes = (8, 4)
+    ref = F.conv2d(F.conv2d(torch.from_numpy(x).double(), torch.from_numpy(pw).double()),
+                   torch.from_numpy(dw).double(), padding=1, groups=12).numpy()
+    refs = (ref[:, :8], ref[:, 8:])
+
+    tp, td = torch.nn.Conv2d(8, 12, 1, bias=False), torch.nn.Conv2d(12, 12, 3, padding=1, groups=12, bias=False)
+    tp.weight.data, td.weight.data = torch.from_numpy(pw), torch.from_numpy(dw)
+    tx = torch.from_numpy(x)
+    if fast:
+        tx = tx.contiguous(memory_format=torch.channels_last)
+        tp, td = tp.to(memory_format=torch.channels_last), td.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        parts = tops.conv_split(tx, tp, td, sizes)
+    for got, want in zip(parts, refs):
+        assert not fast or got.is_contiguous(memory_format=torch.channels_last)
+        close(got.numpy(), want, 1e-5, "torch conv_split")
+
+    if fast and jops.onednn() is None:
+        pytest.skip("the NHWC Jittor layout needs oneDNN")
+    jp, jd = jm.Conv2d(8, 12, 1, bias=False), jm.Conv2d(12, 12, 3, padding=1, groups=12, bias=False)
+    jp.weight.update(jt.array(pw))
+    jd.weight.update(jt.array(dw))
+    with jops.layout(fast), jt.no_grad():
+        jparts = [p.numpy() for p in jops.conv_split(jt.array(x.transpose(0, 2, 3, 1).copy() if fast else x), jp, jd, sizes)]
+    for got, want in zip(jparts, refs):
+        close(got.transpose(0, 3, 1, 2) if fast else got, want, 1e-5, "jittor conv_split")
 
 
 def test_qk_cosine_long_axis_nhwc(tb, jb, rng):
@@ -169,14 +219,15 @@ def test_qk_cosine_long_axis_nhwc(tb, jb, rng):
     qkv = (rng.standard_normal((1, 48, 300, 400)) + 0.3).astype(np.float32)
     cos_ref = _mdta_numpy(qkv, 4, np.ones((4, 1, 1), np.float32), np.eye(16, dtype=np.float32)[:, :, None, None],
                           np.zeros(16, np.float32))[0]
+    qk = qkv[:, :32].copy()
     with torch.no_grad():
-        official_order = tops.qk_cosine(torch.from_numpy(qkv), 4, 1e-12).numpy()
-        nhwc = tops.qk_cosine(torch.from_numpy(qkv).contiguous(memory_format=torch.channels_last), 4, 1e-12).numpy()
+        official_order = tops.qk_cosine(torch.from_numpy(qk), 4, 1e-12).numpy()
+        nhwc = tops.qk_cosine(torch.from_numpy(qk).contiguous(memory_format=torch.channels_last), 4, 1e-12).numpy()
     err_official = float(np.abs(official_order - cos_ref).max())
     close(nhwc, cos_ref, max(2 * err_official, 1e-6), "torch channels_last")
     if jops.onednn() is not None:
         with jops.layout(True), jt.no_grad():
-            j = jops.qk_cosine(jt.array(qkv.transpose(0, 2, 3, 1).copy()), 4, 1e-12).numpy()
+            j = jops.qk_cosine(jt.array(qk.transpose(0, 2, 3, 1).copy()), 4, 1e-12).numpy()
         close(j, cos_ref, max(2 * err_official, 1e-6), "jittor NHWC")
 
 

@@ -132,7 +132,9 @@ def test_three_adam_steps_with_scheduler(tb, jb):
     mathematics rather than by backend: the key bias of each cross-attention (the middle third of
     in_proj_bias) has an identically zero gradient (softmax is invariant to a shift common to all keys);
     both backends see only rounding noise there and Adam turns it into steps of sign(noise) * lr, checked
-    against 2 * lr per step."""
+    against 2 * lr per step. The same holds for any element whose float64 gradient is within float32 rounding
+    of zero (below 3x torch float32's own gradient error on that parameter): those too are held to 2 * lr
+    per step, the rest to the rule above."""
     import torch
 
     from film.backends.torch.train import compute_loss as tloss
@@ -146,6 +148,11 @@ def test_three_adam_steps_with_scheduler(tb, jb):
                              eps=OFFICIAL_RECIPE.adam_eps, weight_decay=OFFICIAL_RECIPE.weight_decay)
     A, B, T = _batch()
     x64 = [torch.from_numpy(x).double() for x in (A, B, T)]
+    m32 = tb.build_model(TINY, sd, "cpu").train()
+    x32 = [torch.from_numpy(x) for x in (A, B, T)]
+    tloss(x32[0], x32[1], m32(*x32), cfg)[0].backward()
+    g32 = {k: p.grad.double().numpy() for k, p in m32.named_parameters()}
+    g64: dict = {}
     steps = 3
     for epoch in range(steps):  # step_size 2: the LR drops before the third step
         lr = lr_at(TrainConfig(h5="", lr=cfg.lr, step_size=cfg.step_size, gamma=cfg.gamma), epoch)
@@ -158,6 +165,8 @@ def test_three_adam_steps_with_scheduler(tb, jb):
         opt64.zero_grad()
         l64, _ = tloss(x64[0], x64[1], m64(*x64), cfg)
         l64.backward()
+        if not g64:
+            g64 = {k: p.grad.detach().numpy().copy() for k, p in m64.named_parameters()}
         opt64.step()
         assert lj == pytest.approx(l64.item(), rel=1e-5) and lt == pytest.approx(l64.item(), rel=1e-5)
     tp = {k: v.detach().double().numpy() for k, v in t.model.state_dict().items()}
@@ -169,6 +178,11 @@ def test_three_adam_steps_with_scheduler(tb, jb):
         if name.endswith("in_proj_bias"):
             assert float(dj[e : 2 * e].max()) <= 2 * cfg.lr * steps, name
             dj, dt = (np.concatenate([d[:e], d[2 * e :]]) for d in (dj, dt))
+        noise = np.abs(g64[name]) <= 3 * float(np.abs(g32[name] - g64[name]).max())
+        if name.endswith("in_proj_bias"):
+            noise = np.concatenate([noise[:e], noise[2 * e :]])
+        assert float(dj[noise].max(initial=0.0)) <= 2 * cfg.lr * steps, f"{name}: a rounding-noise element moved too far"
+        dj, dt = np.where(noise, 0.0, dj), np.where(noise, 0.0, dt)
         allow = 1e-5 + float(dt.max())
         assert float(dj.max()) <= allow, f"{name}: jittor {dj.max():.2e} from float64 after {steps} steps > {allow:.2e}"
         if dj.max() / allow > worst[1]:

@@ -8,7 +8,7 @@ Keeping the computation in one place means the two backends cannot drift apart i
 
 Image feature maps are (B, C, H, W) *logically*; where a backend stores them channels-last (the Jittor
 backend on oneDNN keeps them physically NHWC, as oneDNN's fast convolutions want), every access that
-depends on the memory order goes through ``ops``: ``image_dims``, ``conv_halves``, ``cat_channels``,
+depends on the memory order goes through ``ops``: ``image_dims``, ``conv_split``, ``cat_channels``,
 ``qk_cosine`` / ``attend_project`` (the MDTA's products over its (B, heads, C/heads, H*W) rows),
 ``to_nchw`` / ``from_nchw`` (the official token ``view`` of an NCHW map, network input and output).
 
@@ -30,14 +30,16 @@ def mdta(m, ops, x):
     softmax(normalize(q) @ normalize(k)^T * temperature); out = project_out(attn @ v). ``ops.qk_cosine`` and
     ``ops.attend_project`` compute those two products in the backend's memory order (see each ops module).
     """
-    qkv = m.qkv_dwconv(m.qkv(x))
-    attn = ops.softmax(ops.qk_cosine(qkv, m.num_heads, m.eps) * m.temperature)
-    return ops.attend_project(attn, qkv, m.project_out)
+    c = ops.image_dims(x)[1]
+    qk, v = ops.conv_split(x, m.qkv, m.qkv_dwconv, (2 * c, c))  # official: qkv_dwconv(qkv(x)), then chunks
+    attn = ops.softmax(ops.qk_cosine(qk, m.num_heads, m.eps) * m.temperature)
+    return ops.attend_project(attn, v, m.project_out)
 
 
 def gdfn(m, ops, x):
     """Restormer Gated-Dconv Feed-Forward Network. (B,C,H,W) -> (B,C,H,W)."""
-    x1, x2 = ops.conv_halves(x, m.project_in, m.dwconv)  # official: dwconv(project_in(x)).chunk(2, dim=1)
+    h = m.project_out.weight.shape[1]
+    x1, x2 = ops.conv_split(x, m.project_in, m.dwconv, (h, h))  # official: dwconv(project_in(x)).chunk(2, dim=1)
     return m.project_out(ops.gelu(x1) * x2)
 
 

@@ -45,98 +45,75 @@ def image_dims(x: jt.Var) -> tuple[int, int, int, int]:
     return b, c, h, w
 
 
-def conv_halves(x: jt.Var, project_in, dwconv) -> tuple[jt.Var, jt.Var]:
-    """``dwconv(project_in(x)).chunk(2, dim=1)`` (the GDFN's two branches). NHWC: slicing the innermost axis
-    is a copy in Jittor, so each half is made by its own pair of convolutions over the matching output
-    channels (a depth-wise convolution never mixes channels): the same numbers and work, no copies."""
+def conv_split(x: jt.Var, pointwise, depthwise, sizes: tuple[int, ...]) -> tuple[jt.Var, ...]:
+    """``depthwise(pointwise(x))`` cut into channel groups of ``sizes`` (the MDTA's qk | v, the GDFN's halves).
+    NHWC: slicing the innermost axis is a copy in Jittor, so each group is made by its own pair of
+    convolutions over the matching output channels (a depth-wise convolution never mixes channels): the
+    same numbers and work, no copies."""
     if not _NHWC[0]:
-        y = dwconv(project_in(x))
-        step = y.shape[1] // 2
-        return y[:, :step], y[:, step:]
-    h = project_in.weight.shape[0] // 2
+        y = depthwise(pointwise(x))
+        out, start = [], 0
+        for n in sizes:
+            out.append(y[:, start : start + n])
+            start += n
+        return tuple(out)
+    out, start = [], 0
+    for n in sizes:
+        def part(p, a=start, z=start + n):
+            return None if p is None else p[a:z]
 
-    def part(t, p):
-        return None if p is None else p[t * h : (t + 1) * h]
-
-    return tuple(
-        depthwise3x3_nhwc(
-            conv2d_onednn(x, part(t, project_in.weight), part(t, project_in.bias), 0, 1),
-            part(t, dwconv.weight), part(t, dwconv.bias),
-        )
-        for t in range(2)
-    )
+        y = conv2d_onednn(x, part(pointwise.weight), part(pointwise.bias), 0, 1)
+        out.append(depthwise3x3_nhwc(y, part(depthwise.weight), part(depthwise.bias)))
+        start += n
+    return tuple(out)
 
 
 def cat_channels(xs: list[jt.Var]) -> jt.Var:
     return jt.concat(xs, 3 if _NHWC[0] else 1)
 
 
-def _qkv_heads(qkv: jt.Var, heads: int) -> tuple[jt.Var, jt.Var, jt.Var]:
-    """(B, 3C, H, W) NCHW -> q, k, v of shape (B, heads, C/heads, H*W): the official rearrange of the MDTA."""
-    b, c3, h, w = qkv.shape
-    t = qkv.reshape(b, 3, heads, c3 // 3 // heads, h * w).transpose(1, 0, 2, 3, 4)
-    return t[0], t[1], t[2]
-
-
-def _pixel_grams(qkv: jt.Var) -> jt.Var:
-    """NHWC (B, H, W, 3C) -> (B, 3C, 3C) = rows^T rows over the H*W pixel rows, one oneDNN sgemm per image
-    (transposed operand in place: slicing out the q, k columns first would cost a copy larger than the
-    product's extra columns)."""
-    b, h, w, c3 = qkv.shape
-    rows = qkv.reshape(b, h * w, c3)
-    gs = [onednn().mkl_matmul(rows[i], rows[i], True, False) for i in range(b)]
-    return jt.stack(gs) if b > 1 else gs[0].reshape(1, c3, c3)
-
-
-def qk_cosine(qkv: jt.Var, heads: int, eps: float) -> jt.Var:
+def qk_cosine(qk: jt.Var, heads: int, eps: float) -> jt.Var:
     """The MDTA's per-head cosine similarities ``normalize(q) @ normalize(k)^T`` over H*W (as F.normalize:
-    x / max(||x||, eps)): (B, 3C, H, W) logical -> (B, heads, C/heads, C/heads).
+    x / max(||x||, eps)): qk = q | k channels, (B, 2C, H, W) logical -> (B, heads, C/heads, C/heads).
 
     NCHW (training): the official order, norms and gram accumulated in float64. NHWC (inference, oneDNN):
-    G = rows^T rows in one sgemm over the pixel rows, whose diagonal holds the squared norms and whose q-k
-    block holds the raw products, divided by the norms afterwards (the same quantity, as the torch backend's
-    channels_last path; oneDNN's blocked float32 sum, not Jittor's running one; docs/parity.md)."""
+    G = rows^T rows in one oneDNN sgemm over the pixel rows (transposed operand in place), whose diagonal
+    holds the squared norms and whose q-k block holds the raw products, divided by the norms afterwards (the
+    same quantity, as the torch backend's channels_last path; oneDNN's blocked float32 sum, not Jittor's
+    running one; docs/parity.md)."""
+    b, c2, h, w = image_dims(qk)
+    c, d = c2 // 2, c2 // 2 // heads
     if not _NHWC[0]:
-        q, k, _ = _qkv_heads(qkv, heads)
-        return gram(l2_normalize(q, eps), l2_normalize(k, eps))
-    b, c3, _, _ = image_dims(qkv)
-    c, d = c3 // 3, c3 // 3 // heads
-    g = _pixel_grams(qkv)
-    norm = jt.maximum(jt.sqrt(g.reindex([b, 2 * c], ["i0", "i1", "i1"])), eps)
-    qk = g.reindex([b, heads, d, d], ["i0", f"i1*{d}+i2", f"{c}+i1*{d}+i3"])
-    nq = norm[:, :c].reshape(b, heads, d, 1)
-    nk = norm[:, c:].reshape(b, heads, 1, d)
-    return qk / (nq * nk)
+        rows = l2_normalize(qk.reshape(b, 2, heads, d, h * w), eps)
+        return gram(rows[:, 0], rows[:, 1])
+    pix = qk.reshape(b, h * w, c2)
+    gs = [onednn().mkl_matmul(pix[i], pix[i], True, False) for i in range(b)]
+    g = jt.stack(gs) if b > 1 else gs[0].reshape(1, c2, c2)
+    norm = jt.maximum(jt.sqrt(g.reindex([b, c2], ["i0", "i1", "i1"])), eps)
+    cross = g.reindex([b, heads, d, d], ["i0", f"i1*{d}+i2", f"{c}+i1*{d}+i3"])
+    return cross / (norm[:, :c].reshape(b, heads, d, 1) * norm[:, c:].reshape(b, heads, 1, d))
 
 
-def attend_project(attn: jt.Var, qkv: jt.Var, project_out) -> jt.Var:
-    """``project_out(rearrange(attn @ v))`` of the MDTA: attn (B, heads, d, d), v the last C channels of qkv.
+def attend_project(attn: jt.Var, v: jt.Var, project_out) -> jt.Var:
+    """``project_out(rearrange(attn @ v))`` of the MDTA: attn (B, heads, d, d), v (B, C, H, W) logical.
 
     NHWC: attn @ v is v's pixel rows times the block-diagonal of attn^T and project_out (1x1) one more matrix,
-    so both are one (C, C_out) matrix, zero-padded over the q, k rows and applied to all of qkv's pixel rows
-    in one oneDNN sgemm (cheaper than slicing v out), written straight into the NHWC output."""
-    b, c3, h, w = image_dims(qkv)
-    c, heads = c3 // 3, attn.shape[1]
+    so both are one (C, C_out) matrix applied to v's pixel rows in one oneDNN sgemm, written straight into
+    the NHWC output."""
+    b, c, h, w = image_dims(v)
+    heads = attn.shape[1]
     d = c // heads
     if not _NHWC[0]:
-        _, _, v = _qkv_heads(qkv, heads)
-        return project_out(from_channel_heads(matmul(attn, v), b, c, h, w))
+        return project_out(matmul(attn, v.reshape(b, heads, d, h * w)).reshape(b, c, h, w))
     # block_diag[b, i, j] = attn[b, i/d, i%d, j%d] where i/d == j/d, else 0
     block_diag = attn.reindex(
         [b, c, c], ["i0", f"i1/{d}", f"i1%{d}", f"i2%{d}"], overflow_conditions=[f"i1/{d}!=i2/{d}"]
     )
     weight = project_out.weight.reshape(project_out.weight.shape[0], c)
-    rows = qkv.reshape(b, h * w, c3)
-    outs = []
-    for i in range(b):
-        m = jt.concat([jt.zeros((2 * c, weight.shape[0]), dtype=attn.dtype), jt.matmul(weight, block_diag[i]).transpose(1, 0)])
-        outs.append(onednn().mkl_matmul(rows[i], m, False, False))
+    pix = v.reshape(b, h * w, c)
+    outs = [onednn().mkl_matmul(pix[i], jt.matmul(weight, block_diag[i]), False, True) for i in range(b)]
     out = (jt.stack(outs) if b > 1 else outs[0].reshape(1, h * w, -1)).reshape(b, h, w, -1)
     return out if project_out.bias is None else out + project_out.bias
-
-
-def from_channel_heads(y: jt.Var, b: int, c: int, h: int, w: int) -> jt.Var:
-    return y.reshape(b, c, h, w)
 
 
 def to_nchw(x: jt.Var) -> jt.Var:

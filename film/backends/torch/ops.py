@@ -90,60 +90,52 @@ def _is_nhwc(x: torch.Tensor) -> bool:
     return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
-def _qkv_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, 3C, H, W) -> q, k, v of shape (B, heads, C/heads, H*W): the official rearrange of the MDTA."""
-    b, c3, h, w = qkv.shape
-    qkv = qkv.reshape(b, 3, heads, c3 // 3 // heads, h * w)
-    return qkv[:, 0], qkv[:, 1], qkv[:, 2]
-
-
 def _pixel_rows(x: torch.Tensor) -> torch.Tensor:
     """A channels_last (B, C, H, W) map as its (B, H*W, C) pixel rows: a view, no copy."""
     b, c, h, w = x.shape
     return x.permute(0, 2, 3, 1).reshape(b, h * w, c)
 
 
-def qk_cosine(qkv: torch.Tensor, heads: int, eps: float) -> torch.Tensor:
+def qk_cosine(qk: torch.Tensor, heads: int, eps: float) -> torch.Tensor:
     """The MDTA's per-head cosine similarities ``normalize(q) @ normalize(k)^T`` over H*W (F.normalize:
-    x / max(||x||, eps)): (B, 3C, H, W) -> (B, heads, C/heads, C/heads).
+    x / max(||x||, eps)): qk = q | k channels (B, 2C, H, W) -> (B, heads, C/heads, C/heads).
 
     NCHW: the official order (normalise the (B, heads, d, H*W) rows, then their gram). channels_last (fast
     mode): those rows are strided and copying them out costs more than the whole attention, so one sgemm
     over the pixel rows gives G = [q k]^T [q k]; its diagonal holds the squared norms and its q-k block the
-    raw products, divided by the two norms afterwards (the same quantity; measured 0.7x the float32 error of
-    the official order against float64, docs/parity.md).
+    raw products, divided by the two norms afterwards (the same quantity, nearer float64 than the official
+    order in float32: docs/parity.md).
     """
-    if not _is_nhwc(qkv):
-        q, k, _ = _qkv_heads(qkv, heads)
-        return torch.matmul(_l2_normalize(q, eps), _l2_normalize(k, eps).transpose(-2, -1))
-    b, c3, _, _ = qkv.shape
-    c, d = c3 // 3, c3 // 3 // heads
-    xqk = _pixel_rows(qkv)[:, :, : 2 * c]
+    b, c2, h, w = qk.shape
+    c, d = c2 // 2, c2 // 2 // heads
+    if not _is_nhwc(qk):
+        rows = _l2_normalize(qk.reshape(b, 2, heads, d, h * w), eps)
+        return torch.matmul(rows[:, 0], rows[:, 1].transpose(-2, -1))
+    xqk = _pixel_rows(qk)
     g = torch.matmul(xqk.transpose(1, 2), xqk)  # (B, 2C, 2C)
     norm = g.diagonal(dim1=1, dim2=2).sqrt().clamp_min(eps)
-    qk = g[:, :c, c:].reshape(b, heads, d, heads, d).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)
-    return qk / (norm[:, :c].reshape(b, heads, d, 1) * norm[:, c:].reshape(b, heads, 1, d))
+    cross = g[:, :c, c:].reshape(b, heads, d, heads, d).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)
+    return cross / (norm[:, :c].reshape(b, heads, d, 1) * norm[:, c:].reshape(b, heads, 1, d))
 
 
-def attend_project(attn: torch.Tensor, qkv: torch.Tensor, project_out: torch.nn.Conv2d) -> torch.Tensor:
-    """``project_out(rearrange(attn @ v))`` of the MDTA: attn (B, heads, d, d), v the last C channels of qkv.
+def attend_project(attn: torch.Tensor, v: torch.Tensor, project_out: torch.nn.Conv2d) -> torch.Tensor:
+    """``project_out(rearrange(attn @ v))`` of the MDTA: attn (B, heads, d, d), v (B, C, H, W).
 
     channels_last: attn @ v per head is v's pixel rows times the block-diagonal of attn^T, and project_out
-    (a 1x1 convolution) is one more matrix on the right, so both are one (C x C_out) matrix applied to the
-    strided pixel rows of v in one sgemm, written straight into the NHWC output (no copies).
+    (a 1x1 convolution) is one more matrix on the right, so both are one (C x C_out) matrix applied to v's
+    pixel rows in one sgemm, written straight into the NHWC output (no copies).
     """
-    b, c3, h, w = qkv.shape
-    c, heads = c3 // 3, attn.shape[1]
-    if not _is_nhwc(qkv):
-        _, _, v = _qkv_heads(qkv, heads)
-        return project_out(torch.matmul(attn, v).reshape(b, c, h, w))
+    b, c, h, w = v.shape
+    heads = attn.shape[1]
+    if not _is_nhwc(v):
+        return project_out(torch.matmul(attn, v.reshape(b, heads, c // heads, h * w)).reshape(b, c, h, w))
     eye = torch.eye(heads, dtype=attn.dtype, device=attn.device)
     block_diag = torch.einsum("bhij,hg->bhigj", attn, eye).reshape(b, c, c)
     weight = project_out.weight.reshape(project_out.out_channels, c)
     m = torch.matmul(weight, block_diag).transpose(1, 2)  # (B, C, C_out)
-    v = _pixel_rows(qkv)[:, :, 2 * c :]
     bias = project_out.bias
-    out = torch.baddbmm(bias, v, m) if bias is not None else torch.bmm(v, m)
+    rows = _pixel_rows(v)
+    out = torch.baddbmm(bias, rows, m) if bias is not None else torch.bmm(rows, m)
     return out.reshape(b, h, w, -1).permute(0, 3, 1, 2)
 
 
@@ -160,27 +152,26 @@ def image_dims(x: torch.Tensor) -> tuple[int, int, int, int]:
     return b, c, h, w
 
 
-def conv_halves(x: torch.Tensor, project_in: torch.nn.Conv2d, dwconv: torch.nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """``dwconv(project_in(x)).chunk(2, dim=1)`` (the GDFN's two branches).
+def conv_split(
+    x: torch.Tensor, pointwise: torch.nn.Conv2d, depthwise: torch.nn.Conv2d, sizes: tuple[int, ...]
+) -> tuple[torch.Tensor, ...]:
+    """``depthwise(pointwise(x))`` cut into channel groups of ``sizes`` (the MDTA's qk | v, the GDFN's halves).
 
-    channels_last: chunking that map gives two strided halves, on which GELU and the product run ~1.6x slower
-    than on contiguous maps; each half is instead made by its own pair of convolutions over the matching
-    output channels (project_in's rows, dwconv's channels: a depth-wise convolution never mixes channels),
-    the same numbers with the same work, and both halves come out contiguous."""
+    NCHW: the official order, then views. channels_last: a channel slice of an NHWC map is strided (GELU and
+    products run ~1.6x slower on it, sgemm needs a copy), so each group is made by its own pair of
+    convolutions over the matching output channels (pointwise's rows, depthwise's channels: a depth-wise
+    convolution never mixes channels): the same numbers and work, every group contiguous."""
     if not _is_nhwc(x):
-        return tuple(dwconv(project_in(x)).chunk(2, 1))
-    h = project_in.out_channels // 2
+        return tuple(depthwise(pointwise(x)).split(list(sizes), 1))
+    out, start = [], 0
+    for n in sizes:
+        def part(p, a=start, z=start + n):
+            return None if p is None else p[a:z]
 
-    def part(t, p):
-        return None if p is None else p[t * h : (t + 1) * h]
-
-    return tuple(
-        F.conv2d(
-            F.conv2d(x, part(t, project_in.weight), part(t, project_in.bias)),
-            part(t, dwconv.weight), part(t, dwconv.bias), padding=dwconv.padding, groups=h,
-        )
-        for t in range(2)
-    )
+        y = F.conv2d(x, part(pointwise.weight), part(pointwise.bias))
+        out.append(F.conv2d(y, part(depthwise.weight), part(depthwise.bias), padding=depthwise.padding, groups=n))
+        start += n
+    return tuple(out)
 
 
 def cat_channels(xs: list[torch.Tensor]) -> torch.Tensor:
