@@ -1,0 +1,60 @@
+"""film.common.heap: within the scope, big blocks come from glibc's heap (no mmap) and stay for reuse; outside
+it glibc's defaults hold. Judged by glibc's own accounting (mallinfo2), not by the module's code."""
+
+import ctypes
+import ctypes.util
+
+import numpy as np
+import pytest
+
+from film.common import heap
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def _libc():
+    name = ctypes.util.find_library("c")
+    lib = ctypes.CDLL(name) if name else None
+    if lib is None or not hasattr(lib, "mallinfo2"):
+        pytest.skip("needs glibc >= 2.33 (mallinfo2)")
+    lib.mallinfo2.restype = _MallInfo2
+    return lib
+
+
+BIG = 96 << 20  # above glibc's largest dynamic mmap threshold (32 MiB): mmapped by default
+
+
+def _mmapped_growth(lib) -> int:
+    before = lib.mallinfo2().hblkhd
+    x = np.ones(BIG // 8)  # one 96 MiB block, touched
+    grown = lib.mallinfo2().hblkhd - before
+    del x
+    return grown
+
+
+def test_scope_serves_big_blocks_from_the_heap_and_restores_defaults(monkeypatch):
+    lib = _libc()
+    monkeypatch.delenv("FILM_HEAP", raising=False)
+    assert _mmapped_growth(lib) >= BIG  # glibc's default: a fresh mmap
+    with heap.reuse_freed_memory():
+        assert _mmapped_growth(lib) == 0
+        with heap.reuse_freed_memory():  # nested: still on
+            assert _mmapped_growth(lib) == 0
+        assert _mmapped_growth(lib) == 0  # the inner exit does not end the outer scope
+        x = np.ones(BIG // 8)
+        del x
+        kept = lib.mallinfo2().fordblks
+        assert kept >= BIG  # the freed block stays in the heap for the next map
+    assert lib.mallinfo2().fordblks < kept  # malloc_trim on exit gave it back
+    assert _mmapped_growth(lib) >= BIG  # defaults again
+
+
+def test_opt_out(monkeypatch):
+    lib = _libc()
+    monkeypatch.setenv("FILM_HEAP", "default")
+    with heap.reuse_freed_memory():
+        assert _mmapped_growth(lib) >= BIG
