@@ -14,10 +14,10 @@ from film.common.textfeat import check_text_values, text_shape_problem
 from film.errors import FilmError
 
 # Peak CPU memory of one forward pass per input pixel, measured with `film bench --memory` on the
-# official config (float32, batch 1; benchmarks/results/*_cpu_memory.json): torch 7.1 KB/pixel,
-# jittor 10.2 KB/pixel (oneDNN, NHWC inference: the layout transposes cost memory), plus ~0.3 GB. The
-# estimate keeps a few percent of margin. See docs/memory.md.
-BYTES_PER_PIXEL = {"torch": 7_500, "jittor": 10_700}
+# official config, each backend as shipped (float32, batch 1; benchmarks/results/*_cpu_memory.json): torch
+# 8.3 KB/pixel (channels_last, with film.common.heap's reuse), jittor 5.6 KB/pixel (NHWC on oneDNN), plus
+# ~0.4 GB. The estimate keeps a few percent of margin. See docs/memory.md.
+BYTES_PER_PIXEL = {"torch": 8_700, "jittor": 6_000}
 FIXED_BYTES = 400 * 2**20  # the 288x384 token grid and the weights, independent of the input size
 
 

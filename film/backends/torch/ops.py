@@ -100,22 +100,18 @@ def qk_cosine(qk: torch.Tensor, heads: int, eps: float) -> torch.Tensor:
     """The MDTA's per-head cosine similarities ``normalize(q) @ normalize(k)^T`` over H*W (F.normalize:
     x / max(||x||, eps)): qk = q | k channels (B, 2C, H, W) -> (B, heads, C/heads, C/heads).
 
-    NCHW: the official order (normalise the (B, heads, d, H*W) rows, then their gram). channels_last (fast
-    mode): those rows are strided and copying them out costs more than the whole attention, so one sgemm
-    over the pixel rows gives G = [q k]^T [q k]; its diagonal holds the squared norms and its q-k block the
-    raw products, divided by the two norms afterwards (the same quantity, nearer float64 than the official
-    order in float32: docs/parity.md).
+    Always the official order on contiguous (B, heads, d, H*W) rows; in channels_last that costs one copy
+    of q|k (~10 % of the fast forward). Kept on purpose: these two float32 reductions over ~10^5 terms
+    are where the official output's rounding comes from (up to 1.1e-4 from float64 on flat real pairs,
+    docs/parity.md), and the torch backend is meant to give the official numbers to ~1e-5, not better
+    ones. Measured alternatives: on strided views the sums are ~10x less accurate (3.2e-4 off); one sgemm
+    G = [q k]^T [q k] over the pixel rows (norms from its diagonal, ~0.3 s faster at 288x512) lands near
+    float64 instead, i.e. up to the official rounding away from the official output. The Jittor backend
+    takes that second road (its stated target is the float64 network).
     """
     b, c2, h, w = qk.shape
-    c, d = c2 // 2, c2 // 2 // heads
-    if not _is_nhwc(qk):
-        rows = _l2_normalize(qk.reshape(b, 2, heads, d, h * w), eps)
-        return torch.matmul(rows[:, 0], rows[:, 1].transpose(-2, -1))
-    xqk = _pixel_rows(qk)
-    g = torch.matmul(xqk.transpose(1, 2), xqk)  # (B, 2C, 2C)
-    norm = g.diagonal(dim1=1, dim2=2).sqrt().clamp_min(eps)
-    cross = g[:, :c, c:].reshape(b, heads, d, heads, d).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)
-    return cross / (norm[:, :c].reshape(b, heads, d, 1) * norm[:, c:].reshape(b, heads, 1, d))
+    rows = _l2_normalize(qk.contiguous().reshape(b, 2, heads, c2 // 2 // heads, h * w), eps)
+    return torch.matmul(rows[:, 0], rows[:, 1].transpose(-2, -1))
 
 
 def attend_project(attn: torch.Tensor, v: torch.Tensor, project_out: torch.nn.Conv2d) -> torch.Tensor:
