@@ -7,8 +7,8 @@ of the torch forward was the kernel handing out pages (``sys`` time above ``user
 CPU performance guides preload jemalloc or tcmalloc. ``reuse_freed_memory`` gets the same effect in-process,
 only while a forward runs: big blocks come from the heap (``M_MMAP_MAX=0``) and freed ones stay there for
 the next map (``M_TRIM_THRESHOLD``); on exit glibc's defaults come back and ``malloc_trim`` returns the free
-heap to the system. Measured in docs/parity.md ("Speed"): torch forward 1.9x faster at 288x512, peak RSS
-about +20 %. No effect (a no-op) off glibc, and ``FILM_HEAP=default`` turns it off.
+heap to the system. Measured (docs/parity.md, "Speed steps and their error"): the torch forward 1.5-2x
+faster on this VM, peak RSS about +20 %. A no-op off glibc; ``FILM_HEAP=default`` turns it off.
 """
 
 from __future__ import annotations

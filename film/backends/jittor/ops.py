@@ -79,8 +79,9 @@ def qk_cosine(qk: jt.Var, heads: int, eps: float) -> jt.Var:
     NCHW (training): the official order, norms and gram accumulated in float64. NHWC (inference, oneDNN):
     G = rows^T rows in one oneDNN sgemm over the pixel rows (transposed operand in place), whose diagonal
     holds the squared norms and whose q-k block holds the raw products, divided by the norms afterwards (the
-    same quantity, as the torch backend's channels_last path; oneDNN's blocked float32 sum, not Jittor's
-    running one; docs/parity.md)."""
+    same quantity; oneDNN's blocked float32 sum, not Jittor's running one, lands as near float64 as the
+    float64 loops did: docs/parity.md). The torch backend keeps the official order here instead, to
+    reproduce the official float32 rounding (torch/ops.py qk_cosine)."""
     b, c2, h, w = image_dims(qk)
     c, d = c2 // 2, c2 // 2 // heads
     if not _NHWC[0]:
