@@ -12,13 +12,13 @@ STAMP := $(VENV)/.film-installed
 # the numerics tests, run again under an older CPU's instruction set (issue: tolerances on any x86-64 CPU)
 NUMERICS := tests/test_golden.py tests/test_parity_ops.py tests/test_parity_blocks.py tests/test_parity_train.py
 
-.PHONY: setup demo test test-fast test-avx2 clean-venv
+.PHONY: setup demo test test-fast test-avx2 clean-venv lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/lock.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install -q -e ".[jittor,text,dev]"
+	$(PY) -m pip install -q -c requirements/lock.txt -e ".[jittor,text,dev]"
 	$(PY) -m film.backends.jittor.runtime
 	@command -v mpicc >/dev/null 2>&1 || echo "note: OpenMPI not found; Jittor multi-process training and its test need it: apt-get install openmpi-bin libopenmpi-dev"
 	touch $@
@@ -39,3 +39,7 @@ test-avx2: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# requirements/lock.txt: what pip install -e ".[all]" resolves to (numpy<2 for Jittor; tests/test_numpy_guard.py)
+lock: setup
+	$(PY) requirements/lock.py "$(TORCH)"

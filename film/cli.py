@@ -59,6 +59,10 @@ def cmd_parity(args) -> int:
         raise FilmError("film parity --train needs --h5 TRAIN.h5 (the batches to train on)")
     if args.steps < 1:
         raise FilmError("--steps must be at least 1")
+    from film.backends.registry import BACKENDS, get_backend
+
+    for name in BACKENDS:  # both backends usable (installed, numpy<2 for Jittor) before minutes of work
+        get_backend(name, args.device)
     sd = None if args.checkpoint == "random" else load_checkpoint(args.checkpoint).state_dict
     if args.train:
         from film.common.spec import OFFICIAL, TINY

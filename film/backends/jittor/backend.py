@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import jittor as jt
 import numpy as np
 
+from film.backends.jittor._jt import jt
 from film.backends.jittor.model import Net
 from film.common.checkpoint import canonical_state_dict
 from film.common.heap import reuse_freed_memory

@@ -5,10 +5,11 @@ adapter and ``film train`` for the same seed (call ``set_epoch``)."""
 
 from __future__ import annotations
 
-from jittor.dataset import Dataset
-
+from film.backends.jittor._jt import jt
 from film.common.data import H5Pairs
 from film.common.training import epoch_order, epoch_size
+
+Dataset = jt.dataset.Dataset
 
 
 class _EpochSampler:

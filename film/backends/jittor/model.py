@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 
-import jittor as jt
 import numpy as np
-from jittor import nn
 
 from film.backends.jittor import ops
+from film.backends.jittor._jt import jt
 from film.common import forward as fw
 from film.common.spec import OFFICIAL, FilmConfig
+
+nn = jt.nn
 
 
 class Conv2d(nn.Conv2d):

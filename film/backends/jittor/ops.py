@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import math
 
-import jittor as jt
 import numpy as np
 
+from film.backends.jittor._jt import jt
 from film.common.resize import nearest_index
 
 _index_cache: dict[tuple[int, ...], jt.Var] = {}

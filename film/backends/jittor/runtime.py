@@ -284,9 +284,31 @@ def warm_up(quiet: bool = False) -> None:
     raise FilmError(f"Jittor could not be prepared on this machine:\n{tail}")
 
 
+NUMPY_FIX = 'pip install "numpy>=1.23,<2"'
+
+
+def check_numpy() -> None:
+    """Jittor 1.3.x under numpy 2 returns wrong numbers without an error (measured: fused outputs up to 8.5e14
+    and NaN where the sigmoid output lies in [0, 1]). Refuse before Jittor is imported, with the fix. Runs on
+    every use of the backend (cheap), so numpy upgraded under a running program is caught too."""
+    import numpy
+
+    version = getattr(numpy, "__version__", "0")
+    try:
+        major = int(version.split(".")[0])
+    except ValueError:
+        major = 0
+    if major >= 2:
+        raise FilmError(
+            f"the jittor backend needs numpy<2, but numpy {version} is installed (Jittor 1.3 gives wrong "
+            f"numbers under numpy 2, without an error): {NUMPY_FIX}"
+        )
+
+
 def import_jittor(device: str = "auto"):
     """Configure the environment, warm up once, and import Jittor in this process."""
     global _imported
+    check_numpy()
     if _imported is not None:
         return _imported
     if "jittor" not in sys.modules:
@@ -316,6 +338,11 @@ def import_jittor(device: str = "auto"):
 
 
 if __name__ == "__main__":  # python -m film.backends.jittor.runtime: compile/check Jittor once
+    try:
+        check_numpy()
+    except FilmError as e:
+        print(f"film: error: {e}", file=sys.stderr)
+        sys.exit(2)
     configure_env(sys.argv[1] if len(sys.argv) > 1 else "auto")
     warm_up()
     print(f"film: Jittor ready ({_stamp_path()})")

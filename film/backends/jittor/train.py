@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 import math
 
-import jittor as jt
 import numpy as np
 
 from film.backends.jittor import ops
+from film.backends.jittor._jt import jt
 from film.backends.jittor.backend import build_model, resolve_device
 from film.common import loss as L
 from film.common.safeio import read_jittor_pkl, write_jittor_pkl
