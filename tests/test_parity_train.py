@@ -79,18 +79,47 @@ def _torch_grads(model, A, B, T, cfg, dtype, channels_last=False):
     return float(loss.item()), {k: p.grad.detach().double().numpy() for k, p in model.named_parameters()}
 
 
+def _prelu_term_sums(model) -> dict:
+    """Hooks on every PReLU of a torch model: after a backward, {slope name: sum_i |min(x_i, 0) * g_i|}, the
+    magnitudes of the terms whose sum is the slope's gradient (x the PReLU's input, g the gradient at its
+    output)."""
+    import torch
+
+    store: dict = {}
+
+    def hook(name):
+        def forward_hook(mod, inp, out):
+            x = inp[0].detach()
+            out.register_hook(lambda g: store.__setitem__(name, float((torch.clamp(x, max=0) * g).abs().sum())))
+
+        return forward_hook
+
+    for n, mod in model.named_modules():
+        if isinstance(mod, torch.nn.PReLU):
+            mod.register_forward_hook(hook(f"{n}.weight"))
+    return store
+
+
+PER_TERM_TOL = 1e-5  # a sum's float32 error, relative to the sum of its terms' magnitudes
+
+
 @pytest.mark.parametrize("ssim_weight", [0.0, 1.0])
 def test_loss_and_gradients_match(tb, jb, ssim_weight):
     """Each backend's float32 gradient is judged against the float64 gradient of the same weights and batch,
-    with an allowance measured on *this* machine (docs/parity.md, "Tolerances"): float32 gradients of the
-    scalar PReLU weights and some biases are sums over every pixel with heavy cancellation, and their error
-    depends on the summation order that the CPU's kernels pick (an Intel Xeon moved torch's error on
-    restormerca1.preluA3.weight enough to fail a torch-vs-Jittor rule that an AMD EPYC passed).
+    with allowances measured on *this* machine (docs/parity.md, "Tolerances").
 
     Per parameter, relative to max |float64 gradient|: `own` = the larger error of two torch float32
     gradients with different summation orders (NCHW and channels_last) on this machine; Jittor must be
-    within 1e-4 + 3 * own, and within 1e-4 outright for 90 % of the parameters. Measured (AMD EPYC, default
-    and AVX2-limited oneDNN): Jittor uses at most 0.70 of its allowance; 0.84 if `own` were NCHW torch alone."""
+    within 1e-4 + 3 * own, and within 1e-4 outright for 90 % of the parameters.
+
+    The scalar PReLU slopes are judged differently. Each slope's gradient is one sum over every pixel of
+    min(x, 0) * g with heavy cancellation: the terms' magnitudes add up to kappa times the result, kappa from
+    10 to 5e5 here. A float32 sum is accurate relative to the sum of its terms' magnitudes, not to the result,
+    so the error is judged against sum |min(x, 0) * g| of the float64 run: <= 1e-5 of it. Measured (AMD EPYC):
+    at most 2.3e-6 in either backend, on every slope; relative to the result the same errors reach 2.8e-3
+    (kappa 1950) and 0.12 (kappa 5e5, with the SSIM term). Torch's own error is no allowance there: on an
+    Intel Xeon Jittor's restormerca3.preluA1 (kappa ~1500) landed 9.8e-4 from float64 where torch happened
+    to land 1.9e-4, and a rule of 3x torch's error failed on every run (issue 20)."""
     import jittor as jt
     import torch
 
@@ -102,23 +131,37 @@ def test_loss_and_gradients_match(tb, jb, ssim_weight):
     A, B, T = _batch()
     lt, gt = _torch_grads(t.model, A, B, T, cfg, torch.float32)
     _, gc = _torch_grads(tb.build_model(TINY, sd, "cpu").train(), A, B, T, cfg, torch.float32, channels_last=True)
-    l64, gd = _torch_grads(tb.build_model(TINY, sd, "cpu").double().train(), A, B, T, cfg, torch.float64)
+    m64 = tb.build_model(TINY, sd, "cpu").double().train()
+    term_sums = _prelu_term_sums(m64)
+    l64, gd = _torch_grads(m64, A, B, T, cfg, torch.float64)
+    assert len(term_sums) == 6 * TINY.num_cablocks
     fj = j.model(jt.array(A), jt.array(B), jt.array(T))
     lj, _ = jloss(jt.array(A), jt.array(B), fj, cfg)
     assert float(lj.item()) == pytest.approx(l64, rel=1e-6)
     assert lt == pytest.approx(l64, rel=1e-6)
     gj = jt.grad(lj, j._params())
-    worst, n_strict = ("", 0.0, 0.0), 0
+    worst, n_strict, worst_term = ("", 0.0, 0.0), 0, ("", 0.0)
     for name, g in zip(param_schema(TINY), gj):
+        diff = float(np.abs(g.numpy().astype(np.float64) - gd[name]).max())
         scale = max(float(np.abs(gd[name]).max()), 1e-12)
-        err = float(np.abs(g.numpy().astype(np.float64) - gd[name]).max()) / scale
+        err = diff / scale
+        n_strict += err <= 1e-4
+        if name in term_sums:
+            per_term = diff / max(term_sums[name], 1e-30)
+            assert per_term <= PER_TERM_TOL, (
+                f"{name}: jittor gradient {per_term:.2e} of the sum of its terms' magnitudes from float64 > "
+                f"{PER_TERM_TOL:.0e} (relative to the gradient: {err:.2e}, kappa {term_sums[name] / scale:.0f})"
+            )
+            if per_term > worst_term[1]:
+                worst_term = (name, per_term)
+            continue
         own = max(float(np.abs(gt[name] - gd[name]).max()), float(np.abs(gc[name] - gd[name]).max())) / scale
         allow = 1e-4 + 3 * own
         assert err <= allow, f"{name}: jittor gradient rel {err:.2e} vs float64 > {allow:.2e} (torch float32: {own:.2e})"
-        n_strict += err <= 1e-4
         if err / allow > worst[1]:
             worst = (name, err / allow, own)
     print(f"worst: {worst[0]} at {worst[1]:.2f} of its allowance (torch's own float32 error {worst[2]:.2e}); "
+          f"PReLU slopes: worst {worst_term[0]} at {worst_term[1]:.1e} of its terms' magnitudes; "
           f"{n_strict}/{len(gj)} within 1e-4 of float64")
     assert n_strict >= 0.9 * len(gj)
 
