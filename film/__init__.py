@@ -6,7 +6,7 @@
 from film.errors import FilmError
 
 __version__ = "0.1.0"
-__all__ = ["FilmError", "load_fuser", "encode_text", "__version__"]
+__all__ = ["FilmError", "load_fuser", "encode_text", "read_gray01", "__version__"]
 
 
 def load_fuser(checkpoint, backend: str = "torch", device: str = "auto", cfg=None, fast=None):
@@ -22,3 +22,10 @@ def encode_text(a_paragraph: str, b_paragraph: str, encoder="Salesforce/blip2-it
     from film.text import encode_text as _encode
 
     return _encode(a_paragraph, b_paragraph, encoder=encoder, device=device, max_tokens=max_tokens)
+
+
+def read_gray01(path) -> "numpy.ndarray":  # noqa: F821 - numpy is imported by the call, not by import film
+    """An image file as ``Fuser.fuse`` takes it: the official grey reading / 255, float32 HxW in [0, 1]."""
+    from film.common.images import read_gray01 as _read
+
+    return _read(str(path))

@@ -13,13 +13,6 @@ from film.common.spec import OFFICIAL, FilmConfig
 from film.common.textfeat import check_text_values, text_shape_problem
 from film.errors import FilmError
 
-# Peak CPU memory of one forward pass per input pixel, measured with `film bench --memory` on the
-# official config, each backend as shipped (float32, batch 1; benchmarks/results/*_cpu_memory.json): torch
-# 8.3 KB/pixel (channels_last, with film.common.heap's reuse), jittor 5.6 KB/pixel (NHWC on oneDNN), plus
-# ~0.4 GB. The estimate keeps a few percent of margin. See docs/memory.md.
-BYTES_PER_PIXEL = {"torch": 8_700, "jittor": 6_000}
-FIXED_BYTES = 400 * 2**20  # the 288x384 token grid and the weights, independent of the input size
-
 
 def available_memory() -> int | None:
     """MemAvailable from /proc/meminfo in bytes, or None where unknown."""
@@ -33,14 +26,17 @@ def available_memory() -> int | None:
     return None
 
 
-def check_memory(backend: str, batch: int, h: int, w: int, device: str) -> None:
-    if device.startswith("cuda") or os.environ.get("FILM_SKIP_MEMORY_CHECK") == "1":
+def check_memory(impl, batch: int, h: int, w: int, device: str) -> None:
+    """Refuse, before allocating anything, a CPU forward of ``batch`` x ``h`` x ``w`` that would not fit in
+    MemAvailable: ``impl`` (the backend) owns its measured constants (``inference_memory``, docs/memory.md)."""
+    if str(device).startswith("cuda") or os.environ.get("FILM_SKIP_MEMORY_CHECK") == "1":
         return
-    need = FIXED_BYTES + BYTES_PER_PIXEL[backend] * batch * h * w
+    fixed, per_pixel = impl.inference_memory()
+    need = fixed + per_pixel * batch * h * w
     avail = available_memory()
     if avail is not None and need > avail:
         raise FilmError(
-            f"fusing {batch}x{h}x{w} with the {backend} backend needs about {need / 2**30:.1f} GiB of memory, "
+            f"fusing {batch}x{h}x{w} with the {impl.NAME} backend needs about {need / 2**30:.1f} GiB of memory, "
             f"but only {avail / 2**30:.1f} GiB is available: use a smaller image, a smaller batch, or a GPU "
             "(set FILM_SKIP_MEMORY_CHECK=1 to try anyway)"
         )
@@ -62,7 +58,7 @@ def as_image_batch(x: np.ndarray, name: str) -> np.ndarray:
     if colour:
         raise FilmError(
             f"{name}: shape {x.shape} looks like a colour image; FILM fuses single-channel images: pass the "
-            "grey (or YCrCb Y) channel, e.g. film.common.images.read_gray(path) / 255"
+            "grey (or YCrCb Y) channel, e.g. film.read_gray01(path)"
         )
     if x.ndim == 2:
         x = x[None, None]
@@ -137,7 +133,7 @@ class Fuser:
         if a4.shape != b4.shape:
             raise FilmError(f"a and b differ in shape: {a4.shape[-2:]} vs {b4.shape[-2:]}")
         t = check_text(text, self.cfg.text_dim, a4.shape[0])
-        check_memory(self.backend, a4.shape[0], a4.shape[2], a4.shape[3], self.device)
+        check_memory(self.impl, a4.shape[0], a4.shape[2], a4.shape[3], self.device)
         out = self.impl.forward_numpy(self.model, a4, b4, t, taps=taps)
         if squeeze == 2:
             return out[0, 0]
@@ -156,7 +152,8 @@ def load_fuser(
     """Load a FILM checkpoint into a backend.
 
     checkpoint: a path (.pth official/training dict/bare, .pkl Jittor, .safetensors), a numpy state dict,
-    or None for the seeded random weights of :func:`film.common.init.random_state_dict` (demos, tests).
+    ``"demo"`` (the shipped demo weights: not the official FILM, trained briefly on public pairs with synthetic
+    text), or ``"random"`` / None for the seeded random weights of :func:`film.common.init.random_state_dict`.
     cfg: the network configuration; None takes the one stored with the weights (safetensors metadata written
     by film, or the run's param.json for ``<run>/model/ckpt_*`` of film train), else the official one.
     fast: the backend's fast inference layout. torch: channels_last convolutions (1.5-1.8x on CPU, outputs
@@ -165,15 +162,13 @@ def load_fuser(
     False: the official NCHW order in both.
     """
     check_name(backend)
-    if checkpoint is not None and not isinstance(checkpoint, dict):
+    if checkpoint is None:
+        checkpoint = "random"
+    if not isinstance(checkpoint, dict):
         ck = load_checkpoint(checkpoint, cfg)  # cfg None: the one stored with the weights, else official
         cfg = ck.cfg
     cfg = cfg or OFFICIAL
-    if checkpoint is None:
-        from film.common.init import random_state_dict
-
-        ck = Checkpoint(random_state_dict(cfg, seed=0), {}, "random", cfg)
-    elif isinstance(checkpoint, dict):
+    if isinstance(checkpoint, dict):
         from film.common.checkpoint import unwrap, validate
 
         sd, extras = unwrap(checkpoint, "state dict")

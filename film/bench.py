@@ -58,10 +58,13 @@ IMPLS = {
 }
 
 
-def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, train: bool, out_npy: str | None) -> dict:
+def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, train: bool, out_npy: str | None,
+             batch: int = 2, recompute: str | None = None, heap: bool | None = None) -> dict:
     """Runs in the child process: one implementation, one size, inference or a training step, through the
-    backend interface only. A training step is ``Trainer.step`` of ``film train`` (forward, loss, backward,
-    Adam; NCHW in both backends, as film train runs), batch 2; inference is ``forward_numpy``."""
+    backend interface only. A training step is ``Trainer.step`` as ``film train`` runs it by default (its memory
+    plan: micro-batch, recompute, heap reuse; ``recompute``/``heap`` force them, with the whole batch per
+    forward: film bench --train-memory); official-style trains as the official code (NCHW, every activation
+    kept, glibc's malloc defaults). Inference is ``forward_numpy``."""
     import resource
 
     from film.backends.registry import get_backend
@@ -73,10 +76,21 @@ def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, 
     be = get_backend(backend, device)
     be.set_deterministic()
     sd = random_state_dict(seed=0)
-    a, b, t = _inputs(h, w, 2 if train else 1)
-    cfg = TrainConfig(h5="", lr=1e-5)
+    a, b, t = _inputs(h, w, batch if train else 1)
+    plan = None
     if train:
+        cfg = TrainConfig(h5="", lr=1e-5)  # film train's defaults (recompute, fast layout, heap reuse)
+        if official:
+            cfg = TrainConfig(h5="", lr=1e-5, recompute="none", fast=False, heap_reuse=False, micro_batch=batch)
+        elif fast is not None:
+            cfg.fast = fast
         trainer = be.make_trainer(device, OFFICIAL)
+        if recompute is not None:  # a forced configuration (--train-memory): the whole batch per forward
+            cfg.recompute, cfg.heap_reuse, cfg.micro_batch = recompute, bool(heap), batch
+        elif not official:
+            p = trainer.plan(cfg, batch, h, w)
+            cfg.micro_batch, cfg.heap_reuse, cfg.recompute = p.micro_batch, p.heap_reuse, p.recompute
+            plan = p.describe(batch)
         trainer.build(cfg, sd)
         if official:  # the official-style forward inside the same training step
             trainer.forward = be.reference_model(trainer.model)
@@ -103,25 +117,32 @@ def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, 
     if out_npy:
         np.save(out_npy, result)
     return {
-        "impl": impl, "layout": layout, "size": f"{h}x{w}", "train": train, "median_s": statistics.median(times),
+        "impl": impl, "layout": layout, "size": f"{h}x{w}", "train": train, "batch": batch if train else 1,
+        "plan": plan, "recompute": recompute, "heap_reuse": heap, "median_s": statistics.median(times),
         "times_s": times, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gpu_mb": be.gpu_memory_mb(), "versions": be.versions(),
     }
 
 
-def _child(impl, size, device, repeats, warmup, train, tmp) -> dict:
-    out_npy = os.path.join(tmp, f"{impl}_{size}_{int(train)}.npy")
+def _child(impl, size, device, repeats, warmup, train, tmp, batch=2, recompute=None, heap=None) -> dict:
+    out_npy = os.path.join(tmp, f"{impl}_{size}_{int(train)}_{batch}.npy")
     code = (
         "import json,sys; from film.bench import run_case; "
-        f"r = run_case({impl!r}, {size[0]}, {size[1]}, {device!r}, {repeats}, {warmup}, {train}, {out_npy!r}); "
-        "print('FILM_BENCH ' + json.dumps(r))"
+        f"r = run_case({impl!r}, {size[0]}, {size[1]}, {device!r}, {repeats}, {warmup}, {train}, {out_npy!r}, "
+        f"{batch}, {recompute!r}, {heap!r}); print('FILM_BENCH ' + json.dumps(r))"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    env = dict(os.environ)
+    if recompute is not None:
+        env["FILM_SKIP_MEMORY_CHECK"] = "1"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     for line in r.stdout.splitlines():
         if line.startswith("FILM_BENCH "):
             res = json.loads(line[len("FILM_BENCH "):])
             res["_npy"] = out_npy
             return res
+    if r.returncode < 0:  # killed: the out-of-memory killer, most likely
+        return {"impl": impl, "size": f"{size[0]}x{size[1]}", "train": train, "batch": batch, "recompute": recompute,
+                "heap_reuse": heap, "failed": f"killed by signal {-r.returncode} (out of memory?)"}
     tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-8:])
     raise FilmError(f"benchmark case {impl} {size} failed:\n{tail}")
 
@@ -197,6 +218,58 @@ def bench_metrics(repeats: int = 3) -> dict:
 MEMORY_SIZES = ["256x256", "512x512", "768x768"]
 
 
+def _official_fits(device: str, batch: int, h: int, w: int) -> bool:
+    """Whether the official-style step (every activation kept, NCHW, glibc's defaults) fits in this machine's
+    memory, by the torch backend's measured constants for that configuration."""
+    if device != "cpu":
+        return True
+    from film.api import available_memory
+    from film.backends.registry import get_backend
+
+    fixed, per_px = get_backend("torch", device).train_memory("none", False)
+    avail = available_memory()
+    return avail is None or fixed + batch * per_px * max(h * w, 288 * 384) <= avail
+
+
+TRAIN_MEMORY_BATCHES = (1, 2)
+
+
+def bench_train_memory(device: str, output: str | None) -> tuple[dict, str]:
+    """Peak resident memory of a training step (288x384, 2 steps in a fresh process) per backend, recompute
+    mode and heap policy, at batch 1 and 2 (the whole batch per forward), and the line fit per configuration:
+    the constants each backend's ``train_memory`` returns."""
+    if device != "cpu":
+        raise FilmError("film bench --train-memory measures CPU resident memory: use --device cpu")
+    out = output or os.path.join(_repo_root() or ".", "benchmarks", "results",
+                                 f"{time.strftime('%Y-%m-%d')}_cpu_train_memory.json")
+    check_output_file(out, create_dir=True)
+    from tqdm import tqdm
+
+    from film.common.recompute import MODES
+
+    rows, fits = [], {}
+    configs = [(impl, mode, heap) for impl in ("torch", "jittor") for mode in MODES for heap in (True, False)]
+    with tempfile.TemporaryDirectory() as tmp:
+        for impl, mode, heap in tqdm(configs, desc="train memory", file=sys.stderr, disable=None):
+            pts = []
+            for bs in TRAIN_MEMORY_BATCHES:
+                r = _child(impl, (288, 384), device, 1, 1, True, tmp, bs, mode, heap)
+                r.pop("_npy", None)
+                rows.append(r)
+                if "failed" not in r:
+                    pts.append((bs, r["peak_rss_mb"] * 2**20))
+            if len(pts) == 2:
+                (b1, m1), (b2, m2) = pts
+                per_sample = (m2 - m1) / (b2 - b1)
+                fits[f"{impl}/{mode}/{'heap' if heap else 'default'}"] = {
+                    "fixed_bytes": int(m1 - b1 * per_sample), "bytes_per_pixel": int(per_sample / (288 * 384))}
+    results = {"machine": machine_info(device), "train_memory": rows, "fit": fits,
+               "note": "peak RSS of a process that built the trainer and ran two steps of the given batch at "
+                       "288x384 (the whole batch per forward); fit: peak = fixed + batch x per_pixel x 288 x 384"}
+    atomic_write_bytes(out, json.dumps(results, indent=2).encode())
+    return results, out
+
+
 def _peak_mb(r: dict) -> float:
     """Peak GPU memory on CUDA, peak resident memory of the case's process on CPU."""
     return r["peak_gpu_mb"] if r["peak_gpu_mb"] is not None else r["peak_rss_mb"]
@@ -227,15 +300,22 @@ def bench(
     metrics: bool = False,
     memory: bool = False,
     output: str | None = None,
+    train_batches: tuple[int, ...] = (2, 8),
+    train_memory: bool = False,
 ) -> tuple[dict, str]:
     """Time official-style / torch / jittor (each case in its own process) and write the results file;
     returns (results, path). ``backends``: comma list of torch, torch-nchw, torch-nhwc, jittor (official-style
-    always runs); ``train``: also a training step (batch 2, film train's Trainer); ``metrics``: film eval vs
-    the straightforward port; ``memory``: one cold run per size and a line fit of peak memory per pixel."""
+    always runs); ``train``: also a training step at each of ``train_batches`` (film train's Trainer and memory
+    plan; official-style where it fits in memory); ``metrics``: film eval vs the straightforward port;
+    ``memory``: one cold run per size and a line fit of peak memory per pixel; ``train_memory``: peak memory of
+    a training step per backend, recompute mode and heap policy at batch 1 and 2 (288x384) and their line fit,
+    the constants of ``train_memory`` in each backend."""
     if device == "auto":
-        from film.backends.jittor.runtime import has_nvidia_gpu
+        from film.common.launch import has_nvidia_gpu
 
         device = "cuda" if has_nvidia_gpu() else "cpu"
+    if train_memory:
+        return bench_train_memory(device, output)
     if memory:
         sizes = sizes or MEMORY_SIZES
         repeats, warmup = 1, 0
@@ -262,21 +342,30 @@ def bench(
     from tqdm import tqdm
 
     with tempfile.TemporaryDirectory() as tmp:
-        cases = [(i, s, False) for s in size_list for i in impls]
-        if train:
-            cases += [(i, size_list[0], True) for i in impls if i != "official-style"]
-            cases += [("official-style", size_list[0], True)]
-        for impl, size, is_train in tqdm(cases, desc="bench", file=sys.stderr, disable=None):
-            r = _child(impl, size, device, repeats, warmup, is_train, tmp)
+        cases = [(i, s, False, 1) for s in size_list for i in impls]
+        if train:  # at the training size, 288x384 by default: the official recipe's --small crops
+            for bs in train_batches:
+                cases += [(i, size_list[0], True, bs) for i in impls if i not in ("official-style", other)]
+                cases += [("official-style", size_list[0], True, bs)]
+        for impl, size, is_train, bs in tqdm(cases, desc="bench", file=sys.stderr, disable=None):
+            if is_train and impl == "official-style" and not _official_fits(device, bs, *size):
+                results["train_step"].append({
+                    "impl": impl, "size": f"{size[0]}x{size[1]}", "train": True, "batch": bs,
+                    "failed": "not run: the official step at this batch needs more memory than this machine has"})
+                continue
+            r = _child(impl, size, device, repeats, warmup, is_train, tmp, bs)
             (results["train_step"] if is_train else results["inference"]).append(r)
         for group in ("inference", "train_step"):
-            base = {r["size"]: r for r in results[group] if r["impl"] == "official-style"}
+            base = {(r["size"], r.get("batch", 1)): r for r in results[group]
+                    if r["impl"] == "official-style" and "failed" not in r}
             for r in results[group]:
-                b = base.get(r["size"])
-                if b is not None and not r["train"]:
+                b = base.get((r["size"], r.get("batch", 1)))
+                if b is None or "failed" in r:
+                    continue
+                if not r["train"]:
                     r["max_abs_vs_official_style"] = float(np.abs(np.load(r["_npy"]) - np.load(b["_npy"])).max())
-                if b is not None:
-                    r["speedup_vs_official_style"] = b["median_s"] / r["median_s"]
+                r["speedup_vs_official_style"] = b["median_s"] / r["median_s"]
+                r["memory_vs_official_style"] = _peak_mb(r) / _peak_mb(b)
             for r in results[group]:
                 r.pop("_npy", None)
     if memory:
@@ -297,16 +386,31 @@ def _impl_label(r: dict) -> str:
 
 def format_results(res: dict) -> str:
     m = res["machine"]
-    lines = [f"device: {m['device']} ({m.get('gpu') or m.get('cpu', '')}), {m['cpus']} CPUs, {m['date']}", "",
-             "| what | size | impl | median s | vs official-style | peak MB | max abs vs official-style |",
-             "|---|---|---|---|---|---|---|"]
-    for group, label in (("inference", "inference"), ("train_step", "train step (bs 2)")):
+    lines = [f"device: {m['device']} ({m.get('gpu') or m.get('cpu', '')}), {m['cpus']} CPUs, {m['date']}", ""]
+    if "train_memory" in res:
+        lines += ["| backend | recompute | heap reuse | batch | peak MB |", "|---|---|---|---|---|"]
+        for r in res["train_memory"]:
+            peak = r.get("failed") or f"{_peak_mb(r):.0f}"
+            lines.append(f"| {r['impl']} | {r['recompute']} | {'on' if r['heap_reuse'] else 'off'} | {r['batch']} | {peak} |")
+        for k, f in res["fit"].items():
+            lines.append(f"fit {k}: {f['fixed_bytes'] / 2**20:.0f} MB + {f['bytes_per_pixel']} B/pixel per sample")
+        return "\n".join(lines)
+    lines += ["| what | size | impl | median s | vs official-style | peak MB | vs official-style | max abs vs official-style |",
+              "|---|---|---|---|---|---|---|---|"]
+    for group in ("inference", "train_step"):
         for r in res[group]:
-            peak = _peak_mb(r)
-            sp = r.get("speedup_vs_official_style")
-            d = r.get("max_abs_vs_official_style")
+            label = "inference" if group == "inference" else f"train step (bs {r.get('batch', 2)})"
+            if "failed" in r:
+                lines.append(f"| {label} | {r['size']} | {r['impl']} | {r['failed']} | | | | |")
+                continue
+            sp, mem, d = (r.get(k) for k in ("speedup_vs_official_style", "memory_vs_official_style",
+                                               "max_abs_vs_official_style"))
             lines.append(f"| {label} | {r['size']} | {_impl_label(r)} | {r['median_s']:.3f} | "
-                         f"{'' if sp is None else f'{sp:.2f}x'} | {peak:.0f} | {'' if d is None else f'{d:.1e}'} |")
+                         f"{'' if sp is None else f'{sp:.2f}x'} | {_peak_mb(r):.0f} | "
+                         f"{'' if mem is None else f'{mem:.2f}x'} | {'' if d is None else f'{d:.1e}'} |")
+    plans = [(r["impl"], r.get("batch"), r["plan"]) for r in res["train_step"] if r.get("plan")]
+    for impl, bs, plan in plans:
+        lines.append(f"\n{impl} train step, bs {bs}: {plan}")
     for impl, f in (res.get("memory_fit") or {}).items():
         lines.append(f"\npeak memory {impl}: {f['mb_per_megapixel']:.0f} MB per megapixel + {f['fixed_mb']:.0f} MB "
                      f"(fit over {', '.join(f['sizes'])})")

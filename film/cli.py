@@ -1,4 +1,4 @@
-"""``film`` command line: convert | parity | fuse | eval | prepare | train | text | describe | bench.
+"""``film`` command line: convert | parity | fuse | eval | prepare | train | curves | text | describe | bench.
 
 Every expected problem is a :class:`film.FilmError`: one line (or one block) on stderr, exit code 2,
 no traceback. Anything unexpected is reported in one line with exit code 1 (FILM_DEBUG=1 shows the
@@ -63,30 +63,37 @@ def cmd_parity(args) -> int:
 
     for name in BACKENDS:  # both backends usable (installed, numpy<2 for Jittor) before minutes of work
         get_backend(name, args.device)
-    sd = None if args.checkpoint == "random" else load_checkpoint(args.checkpoint).state_dict
+    from film.common.spec import TINY
+
+    # the configuration stored with the weights (official .pth: the official one); --config tiny for tests
+    ck = load_checkpoint(args.checkpoint, TINY if args.config == "tiny" else None)
     if args.train:
-        from film.common.spec import OFFICIAL, TINY
         from film.parity_train import format_train_report, run_train_parity
 
-        cfg = TINY if args.config == "tiny" else OFFICIAL
-        report = run_train_parity(sd, args.h5, steps=args.steps, lr=args.lr, seed=args.seed, device=args.device,
-                                  model_cfg=cfg, reference=not args.no_reference)
+        report = run_train_parity(ck.state_dict, args.h5, steps=args.steps, lr=args.lr, seed=args.seed,
+                                  device=args.device, model_cfg=ck.cfg, reference=not args.no_reference)
         text, ok = format_train_report(report)
         print(text)
         return 0 if ok else 1
     fusers = {}
-    for name in ("torch", "jittor"):
-        fusers[name] = load_fuser(sd, backend=name, device=args.device, fast=args.fast)
+    for name in BACKENDS:
+        fusers[name] = load_fuser(ck.state_dict, backend=name, device=args.device, cfg=ck.cfg, fast=args.fast)
         fusers[name].impl.set_deterministic()
-    inputs = collect_inputs(args.pairs, args.text, fusers["torch"].cfg.text_dim, args.limit)
-    ref_model = None
-    if not args.no_reference:
-        import copy
-
-        ref_model = copy.deepcopy(fusers["torch"].model).double()
+    inputs = collect_inputs(args.pairs, args.text, ck.cfg.text_dim, args.limit)
+    reference = None
+    if not args.no_reference:  # the float64 network, from the first backend that can run one (torch)
+        for f in fusers.values():
+            model = f.impl.float64_reference(f.model)
+            if model is not None:
+                reference = (f.impl, model)
+                break
     reports = []
-    for label, a, b, text in _progress(inputs, len(inputs), "parity"):
-        reports.append(run_pair(fusers, label, a, b, text, ref_model, metrics=args.metrics))
+    t0 = time.time()
+    for i, (label, a, b, text) in enumerate(_progress(inputs, len(inputs), "parity")):
+        reports.append(run_pair(fusers, label, a, b, text, reference, metrics=args.metrics))
+        if not sys.stderr.isatty():  # no progress bar without a terminal: a line per pair (minutes each at full size)
+            print(f"parity: {i + 1}/{len(inputs)} {label} ({a.shape[1]}x{a.shape[0]}) done, {time.time() - t0:.0f}s so far",
+                  file=sys.stderr, flush=True)
     print(f"torch: {fusers['torch'].impl.describe()} | jittor: {fusers['jittor'].impl.describe()}")
     print(format_report(reports, args.atol, args.rtol))
     if args.metrics:
@@ -115,7 +122,7 @@ def cmd_fuse(args) -> int:
 def cmd_eval(args) -> int:
     from film.evaluate import evaluate, format_table
 
-    results = evaluate(args.fused, args.a, args.b, args.metrics, args.json, args.csv)
+    results = evaluate(args.fused, args.a, args.b, args.metrics, args.json, args.csv, args.name)
     dataset = args.dataset or os.path.basename(os.path.dirname(os.path.normpath(args.a))) or "dataset"
     print(format_table(results, list(next(iter(results.values()))["mean"]), dataset))
     return 0
@@ -126,12 +133,20 @@ def cmd_train(args) -> int:
     from film.train import is_main_process, launch, train
 
     if args.nproc is not None and args.nproc != 1:
-        return launch(args.backend, args.device, args.nproc, sys.argv[1:] if args.argv is None else args.argv)
+        from film.common.training import TrainConfig, read_run_params
+
+        backend = args.backend or (read_run_params(args.resume).get("backend") if args.resume else None) or "torch"
+
+        step = TrainConfig(h5="", recompute=args.recompute, fast=args.fast,
+                           ssim_weight=args.ssim_weight if args.ssim_weight is not None else 0.0)
+        return launch(backend, args.device, args.nproc, sys.argv[1:] if args.argv is None else args.argv,
+                      model_cfg=TINY if args.config == "tiny" else OFFICIAL, step_cfg=step)
     run_dir = train(
         args.h5, backend=args.backend, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         step_size=args.step_size, gamma=args.gamma, grad_weight=args.grad_weight, ssim_weight=args.ssim_weight,
         seed=args.seed, device=args.device, init=args.init, resume=args.resume, max_steps=args.max_steps,
-        model_cfg=TINY if args.config == "tiny" else OFFICIAL,
+        model_cfg=TINY if args.config == "tiny" else OFFICIAL, recompute=args.recompute,
+        micro_batch=args.micro_batch, fast=args.fast,
     )
     if is_main_process():
         print(f"run folder: {run_dir}")
@@ -173,8 +188,19 @@ def cmd_text(args) -> int:
 
 
 def cmd_describe(args) -> int:
-    from film.describe import describe_folders
+    from film.describe import Captioner, describe_folders
 
+    if args.save_captioner:
+        if args.a or args.b or args.output:
+            raise FilmError("--save-captioner only saves the captioner: give no --a/--b/-o with it")
+        t0 = time.time()
+        Captioner(args.captioner, args.device).save(args.save_captioner)
+        print(f"saved the captioner {args.captioner} to {args.save_captioner} in {time.time() - t0:.1f}s; "
+              f"use it with --captioner {args.save_captioner}")
+        return 0
+    missing = [f for f, v in (("--a", args.a), ("--b", args.b), ("--task", args.task), ("-o", args.output)) if not v]
+    if missing:
+        raise FilmError(f"film describe needs {', '.join(missing)} (or --save-captioner DIR alone)")
     n, secs = describe_folders(args.a, args.b, args.task, args.output, args.captioner, args.device,
                                args.b_modality, args.overwrite)
     print(f"drafted paragraphs for {n} pair(s) in {secs:.1f}s -> {args.output}/A, {args.output}/B "
@@ -186,9 +212,19 @@ def cmd_bench(args) -> int:
     from film.bench import bench, format_results
 
     results, out = bench(args.device, args.sizes, args.backends, args.repeats, args.warmup, args.train,
-                         args.metrics, args.memory, args.output)
+                         args.metrics, args.memory, args.output, tuple(args.train_batches), args.train_memory)
     print(format_results(results))
     print(f"results: {out}")
+    return 0
+
+
+def cmd_curves(args) -> int:
+    from film.curves import curves
+
+    _, lines = curves(args.runs, args.output, args.label, args.tol)
+    print("\n".join(lines))
+    if args.output:
+        print(f"plot: {args.output}")
     return 0
 
 
@@ -286,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--metrics", nargs="+", default=None, help="subset of EN SD SF AG MI MSE CC PSNR SCD VIFF Qabf SSIM"
     )
+    e.add_argument("--name", action="append",
+                   help="a method name per --fused folder, in order (default: the folder names, with as many parent "
+                   "folders as it takes to tell them apart)")
     e.add_argument("--dataset", default=None, help="dataset name for the table (default: folder name)")
     e.add_argument("--json", help="write full-precision results as JSON")
     e.add_argument("--csv", help="write per-image results as CSV")
@@ -311,9 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_prepare)
 
     t = sub.add_parser("train", help="train FILM with the official recipe in either backend")
-    t.add_argument("--backend", default="torch", help="torch (default) or jittor")
+    t.add_argument("--backend", default=None, choices=("torch", "jittor"),
+                   help="torch (default) or jittor (with --resume: the run's own)")
     t.add_argument("--h5", help="training H5 made by film prepare (with --resume: taken from the run)")
-    t.add_argument("--epochs", type=int, default=None, help="default 150 (official)")
+    t.add_argument("--epochs", type=int, default=None,
+                   help="default 150 (official); with --resume, a larger number extends a run (default: the run's own)")
     t.add_argument("--batch-size", type=int, default=None, help="default 2 (official)")
     t.add_argument("--lr", type=float, default=None, help="default 1e-5 (official)")
     t.add_argument("--step-size", type=int, default=None, help="StepLR step in epochs, default 50")
@@ -330,6 +371,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init", help="start from this checkpoint (any format, either framework)")
     t.add_argument("--resume", help="run folder to continue (model, optimizer, scheduler, epoch, step)")
     t.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
+    t.add_argument("--recompute", choices=("auto", "none", "blocks", "all"), default="auto",
+                   help="activation recomputation: none keeps every map (the official code's ~16 GB at batch 2, "
+                   "288x384), blocks recomputes each Restormer block, all also each cross-attention branch "
+                   "(default auto: all, 0.4x the official peak memory; the same numbers either way)")
+    t.add_argument("--micro-batch", type=int, default=None,
+                   help="samples per forward/backward, their gradients added up (the same mean-loss step); "
+                   "default: the whole batch, or the largest part that fits in memory")
+    t.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                   help="the backends' channels-last layout (default: on for CPU; --no-fast trains in the "
+                   "official NCHW order, about 2x slower on CPU)")
     t.add_argument(
         "--nproc",
         type=int,
@@ -361,16 +412,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("describe", help="draft one paragraph per source image with a captioning model (edit them, "
                        "then film text)")
-    d.add_argument("--a", required=True, help="folder of A images")
-    d.add_argument("--b", required=True, help="folder of B images (paired by file name)")
-    d.add_argument("--task", required=True, choices=["IVF", "MIF", "MEF", "MFF"], help="the fusion task (picks the templates)")
+    d.add_argument("--a", help="folder of A images")
+    d.add_argument("--b", help="folder of B images (paired by file name)")
+    d.add_argument("--task", choices=["IVF", "MIF", "MEF", "MFF"], help="the fusion task (picks the templates)")
     d.add_argument("--b-modality", choices=["CT", "PET", "SPECT"], help="MIF: what the B images are (default CT)")
-    d.add_argument("-o", "--output", required=True, help="folder for A/<name>.txt and B/<name>.txt")
+    d.add_argument("-o", "--output", help="folder for A/<name>.txt and B/<name>.txt")
+    d.add_argument("--save-captioner", metavar="DIR",
+                   help="save the captioning model and its processor to DIR (on a machine with internet), to copy to "
+                   "an offline machine and use with --captioner DIR")
     d.add_argument("--captioner", default="Salesforce/blip-image-captioning-base",
                    help="a transformers BLIP captioning model name or folder (default Salesforce/blip-image-captioning-base)")
     d.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     d.add_argument("--overwrite", action="store_true", help="replace existing paragraphs (they may hold your edits)")
     d.set_defaults(func=cmd_describe)
+
+    v = sub.add_parser("curves", help="overlay the loss curves of training runs (total, intensity, gradient) and say "
+                       "where they part")
+    v.add_argument("runs", nargs="+", help="run folders of film train (or their losses.jsonl / log.txt)")
+    v.add_argument("-o", "--output", help="PNG to write (the four panels); without it only the summary is printed")
+    v.add_argument("--label", action="append", help="a name per run, in order (default: backend: folder name)")
+    v.add_argument("--tol", type=float, default=1e-3, help="relative difference reported as parting (default 1e-3)")
+    v.set_defaults(func=cmd_curves)
 
     k = sub.add_parser("bench", help="timings, peak memory and agreement vs an official-style eager forward")
     k.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -379,13 +441,33 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: torch, the layout torch does not ship on the device, jittor; official-style always runs)")
     k.add_argument("--repeats", type=int, default=3, help="timed runs per case (median reported)")
     k.add_argument("--warmup", type=int, default=1, help="untimed runs first (Jittor compiles on its first run)")
-    k.add_argument("--train", action="store_true", help="also time a training step at batch size 2")
+    k.add_argument("--train", action="store_true",
+                   help="also time a training step at batch 2 and 8 (film train's defaults; official-style where it "
+                   "fits in memory)")
+    k.add_argument("--train-batches", type=int, nargs="+", default=[2, 8], help="batch sizes of --train (default 2 8)")
+    k.add_argument("--train-memory", action="store_true",
+                   help="peak memory of a training step per backend, recompute mode and heap policy (the constants "
+                   "of film train's memory plan)")
     k.add_argument("--metrics", action="store_true", help="also time film eval's metrics vs a straightforward port")
     k.add_argument("--memory", action="store_true",
                    help="peak memory per megapixel: one run per size (default 256x256 512x512 768x768) and a line fit")
     k.add_argument("-o", "--output", help="results JSON (default benchmarks/results/<date>_<device>.json)")
     k.set_defaults(func=cmd_bench)
     return p
+
+
+def _failed(code: int) -> int:
+    """A failing rank of torchrun / mpirun ends at once, without the interpreter's exit handlers: Jittor's
+    MPI_Finalize at exit waits for ranks that are themselves waiting in an all-reduce for this one, so the job
+    would hang; ending without it makes mpirun (and torchrun, on any failure) stop every other rank within
+    seconds, and report which one failed."""
+    from film.common.launch import in_multiprocess_job
+
+    if code and in_multiprocess_job():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -395,31 +477,38 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FilmError as e:
-        print(f"film {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        print(f"film {args.command}: {_rank_prefix()}error: {e}", file=sys.stderr)
+        return _failed(2)
     except KeyboardInterrupt:
         print(f"film {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return _failed(130)
     except OSError as e:  # an I/O failure no writer anticipated: still one line, still the user's problem
         if os.environ.get("FILM_DEBUG") == "1":
             raise
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(f"film {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 2
+        print(f"film {args.command}: {_rank_prefix()}error: {where}{e.strerror or e}", file=sys.stderr)
+        return _failed(2)
     except MemoryError:
         print(
-            f"film {args.command}: error: out of memory (try a smaller image or batch, or a GPU)",
+            f"film {args.command}: {_rank_prefix()}error: out of memory (try a smaller image or batch, or a GPU)",
             file=sys.stderr,
         )
-        return 2
+        return _failed(2)
     except Exception as e:  # last resort: one line, not a traceback
         if os.environ.get("FILM_DEBUG") == "1":
             raise
         print(
-            f"film {args.command}: internal error: {type(e).__name__}: {e} (set FILM_DEBUG=1 for the traceback)",
+            f"film {args.command}: {_rank_prefix()}internal error: {type(e).__name__}: {e} (set FILM_DEBUG=1 for the "
+            "traceback)",
             file=sys.stderr,
         )
-        return 1
+        return _failed(1)
+
+
+def _rank_prefix() -> str:
+    from film.common.launch import in_multiprocess_job, rank
+
+    return f"rank {rank()}: " if in_multiprocess_job() else ""
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from film.common.images import match_pairs, read_bgr
-from film.common.safeio import atomic_write_bytes, make_dirs
+from film.common.safeio import atomic_write_bytes, check_can_make_dirs, make_dirs
 from film.errors import FilmError
 from film.text import _from_pretrained, _need_transformers, _quiet_transformers, load_config, torch_device
 
@@ -89,6 +89,12 @@ def paragraph(task: str, side: str, caption: str, modality: str | None = None) -
     return TEMPLATES[key].format(caption=caption)
 
 
+CAPTIONER_HINT = (
+    "on a machine with internet: film describe --save-captioner DIR (the captioning model and its processor, "
+    "~1 GB), copy DIR here and pass --captioner DIR"
+)
+
+
 class Captioner:
     """An image-captioning model (BLIP) through transformers: image -> one sentence."""
 
@@ -96,11 +102,18 @@ class Captioner:
         transformers = _need_transformers()
         device = torch_device(device)
         with _quiet_transformers():
-            load_config(name, "BLIP captioning model", "blip", DEFAULT_CAPTIONER)
-            self.processor = _from_pretrained(transformers.AutoProcessor, name, "captioner processor")
-            self.model = _from_pretrained(transformers.BlipForConditionalGeneration, name, "captioner")
+            load_config(name, "BLIP captioning model", "blip", DEFAULT_CAPTIONER, CAPTIONER_HINT)
+            self.processor = _from_pretrained(transformers.AutoProcessor, name, "captioner processor", CAPTIONER_HINT)
+            self.model = _from_pretrained(transformers.BlipForConditionalGeneration, name, "captioner",
+                                          CAPTIONER_HINT)
         self.model.to(device).eval()
         self.device, self.max_new_tokens = device, max_new_tokens
+
+    def save(self, folder: str) -> None:
+        """The captioning model and its processor in a folder, for an offline machine (--captioner DIR)."""
+        from film.text import save_pretrained
+
+        save_pretrained(folder, [self.model, self.processor], "the captioner")
 
     def caption(self, rgb: np.ndarray) -> str:
         import torch
@@ -127,8 +140,10 @@ def describe_folders(a_dir: str, b_dir: str, task: str, out_dir: str, captioner:
             raise FilmError(f"{existing[0]}: exists (edited paragraphs are not overwritten; --overwrite to redo)")
     images = [(p.name, side, read_bgr(path)) for p in pairs for side, path in (("A", p.a), ("B", p.b))]
     for side in ("A", "B"):
+        check_can_make_dirs(os.path.join(out_dir, side))
+    model = Captioner(captioner, device)  # may fail (offline, no model): no folder is made before it loads
+    for side in ("A", "B"):
         make_dirs(os.path.join(out_dir, side))
-    model = Captioner(captioner, device)
     from tqdm import tqdm
 
     t0 = time.time()

@@ -77,6 +77,26 @@ def format_table(results: dict[str, dict], metrics: list[str], dataset: str) -> 
     return "\n".join(lines)
 
 
+def method_labels(folders: list[str]) -> list[str]:
+    """A name per folder of fused images: its last path component (film fuse's Gray/ and Color/ skipped), with
+    as many parent folders as it takes to tell the folders apart: a/RoadScene and b/RoadScene -> a/RoadScene,
+    b/RoadScene; out/Gray -> out."""
+
+    def parts(d: str) -> list[str]:
+        p = [x for x in os.path.normpath(os.path.abspath(d)).split(os.sep) if x]
+        if len(p) > 1 and p[-1].lower() in ("gray", "color"):
+            p = p[:-1]
+        return p
+
+    split = [parts(d) for d in folders]
+    depth = 1
+    while True:
+        labels = ["/".join(p[-depth:]) for p in split]
+        if len(set(labels)) == len(labels) or all(depth >= len(p) for p in split):
+            return labels
+        depth += 1
+
+
 def evaluate(
     fused: list[str] | str,
     a: str,
@@ -84,25 +104,23 @@ def evaluate(
     metrics: list[str] | None = None,
     json_path: str | None = None,
     csv_path: str | None = None,
+    names: list[str] | None = None,
 ) -> dict[str, dict]:
     """The twelve official metrics of one or more folders of fused images against the A and B folders.
 
-    Returns {method label: {"mean": {metric: value}, "per_image": {name: {metric: value}}}} (label: the
-    folder's name, or its parent's for .../Gray); ``json_path`` / ``csv_path`` also write them (checked
-    writable before anything is computed)."""
+    Returns {method label: {"mean": {metric: value}, "per_image": {name: {metric: value}}}} (label: ``names``,
+    or ``method_labels`` of the folders); ``json_path`` / ``csv_path`` also write them (checked writable
+    before anything is computed)."""
     fused = [fused] if isinstance(fused, str) else list(fused)
     metrics = _metric_list(metrics)
     for target in (json_path, csv_path):  # refuse an unwritable output before computing anything
         if target:
             check_output_file(target)
-    labels = []
-    for d in fused:
-        label = os.path.basename(os.path.normpath(d))
-        if label.lower() in ("gray", "color") and os.path.dirname(os.path.normpath(d)):
-            label = os.path.basename(os.path.dirname(os.path.normpath(d)))
-        while label in labels:
-            label += "'"
-        labels.append(label)
+    if names is not None and len(names) != len(fused):
+        raise FilmError(f"{len(names)} --name(s) for {len(fused)} --fused folder(s)")
+    labels = list(names) if names else method_labels(fused)
+    if len(set(labels)) != len(labels):
+        raise FilmError(f"two methods share a name: {', '.join(labels)}")
     results = {label: eval_folder(d, a, b, metrics) for label, d in zip(labels, fused)}
     if json_path:
         payload = results[labels[0]] if len(labels) == 1 else results

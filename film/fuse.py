@@ -11,18 +11,13 @@ import numpy as np
 
 from film.common.images import (
     Pair,
-    find_ab_folders,
-    find_datasets,
     is_color,
-    load_pair,
-    match_pairs,
     read_bgr,
     to_uint8,
     write_png,
 )
-from film.common.init import SYNTHETIC_TEXT_LEN, random_text
+from film.common.pairs import Item, collect_pairs
 from film.common.safeio import make_dirs
-from film.common.textfeat import load_text_for
 from film.errors import FilmError
 
 
@@ -46,59 +41,18 @@ class FuseOptions:
     fast: bool | None = None
 
 
-@dataclass
-class Item:
-    name: str  # output name (may contain a dataset sub-folder)
-    a: np.ndarray  # (H, W) float32 in [0, 1]
-    b: np.ndarray
-    text: np.ndarray  # (L, D)
-    pair: Pair | None = None  # source files (None for H5 input)
-
-
-def _text(args, text_dir: str | None, name: str, dim: int, index: int) -> np.ndarray:
-    if text_dir:
-        return load_text_for(text_dir, name, dim)
-    if args.random_text:
-        return random_text(SYNTHETIC_TEXT_LEN, dim, seed=index)
-    raise FilmError(
-        f"{name}: no text features: pass --text DIR (VLF <name>.npy files), or --random-text for a demo"
-    )
-
-
 def collect(args, dim: int) -> list[Item]:
-    items: list[Item] = []
     if args.h5:
         from film.common.data import H5Pairs
 
         ds = H5Pairs(args.h5)
         try:
             ds.check(dim)  # every sample's shapes from the metadata, named, before anything is written
-            for i in range(len(ds)):
-                a, b, t, name = ds[i]
-                items.append(Item(name, a[0], b[0], t[0]))
+            return [Item(name, a[0], b[0], t[0]) for a, b, t, name in (ds[i] for i in range(len(ds)))]
         finally:
             ds.close()
-        return items
-    if args.a:
-        if not args.b:
-            raise FilmError("--a needs --b (the folder of B images)")
-        groups = [("", args.a, args.b, args.text)]
-    else:
-        datasets = find_datasets(args.pairs)
-        if not datasets:
-            find_ab_folders(args.pairs)  # raises with the explanation
-        groups = []
-        for ds in datasets:
-            da, db = find_ab_folders(ds)
-            rel = os.path.relpath(ds, args.pairs)
-            tdir = os.path.join(args.text, rel) if args.text and len(datasets) > 1 else args.text
-            groups.append(("" if rel == "." else rel, da, db, tdir))
-    for rel, da, db, tdir in groups:
-        for p in match_pairs(da, db):
-            a, b = load_pair(p)
-            t = _text(args, tdir, p.name, dim, len(items))
-            items.append(Item(os.path.join(rel, p.name) if rel else p.name, a, b, t, p))
-    return items
+    return collect_pairs(a=args.a, b=args.b, pairs=args.pairs, text=args.text,
+                         random_text_seed0=0 if args.random_text else None, text_dim=dim)
 
 
 def _chroma(pair: Pair) -> np.ndarray | None:
@@ -229,7 +183,7 @@ def _fuse(args: FuseOptions) -> int:
     from film.api import check_memory
 
     largest = max(items, key=lambda it: it.a.size)  # refuse before any output folder is made
-    check_memory(args.backend, 1, *largest.a.shape[-2:], str(fuser.device))
+    check_memory(fuser.impl, 1, *largest.a.shape[-2:], str(fuser.device))
     _prepare_dirs(args, items)
     # Batch same-size pairs with the same text length; keep the input order for output.
     groups: dict[tuple, list[Item]] = {}

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from film.common.images import find_ab_folders, find_datasets, load_pair, match_pairs, samples_root, to_uint8
-from film.common.init import SYNTHETIC_TEXT_LEN, random_text
+from film.common.images import samples_root, to_uint8
+from film.common.pairs import collect_pairs
 from film.common.spec import tap_names
-from film.common.textfeat import load_text_for
-from film.errors import FilmError
 
 # The backends differ by float rounding only. How much rounding a float32 FILM forward carries depends
 # on the input: torch's float32 vector_norm and matmul over H*W in the Restormer attention drift on
@@ -71,20 +68,20 @@ def compare(x: np.ndarray, y: np.ndarray, name: str, ref: np.ndarray | None = No
 
 
 def run_pair(
-    fusers: dict, name: str, a: np.ndarray, b: np.ndarray, text: np.ndarray, ref_model=None, metrics: bool = False
+    fusers: dict, name: str, a: np.ndarray, b: np.ndarray, text: np.ndarray, reference=None, metrics: bool = False
 ) -> PairReport:
-    """``fusers``: {"torch": Fuser, "jittor": Fuser} built from the same weights; ``ref_model``: the
-    torch model in float64 (the rounding-free reference), or None."""
+    """``fusers``: {"torch": Fuser, "jittor": Fuser} built from the same weights; ``reference``: (backend,
+    model) of the float64 network (``Backend.float64_reference``, the rounding-free reference), or None."""
     taps = {k: {} for k in fusers}
     outs = {k: f.fuse(a, b, text, taps=taps[k]) for k, f in fusers.items()}
     t, j = outs["torch"], outs["jittor"]
     ref_taps: dict = {}
     ref = None
-    if ref_model is not None:
+    if reference is not None:
         from film.api import as_image_batch, check_text
-        from film.backends.torch.backend import forward_numpy
 
-        ref = forward_numpy(
+        impl, ref_model = reference
+        ref = impl.forward_numpy(
             ref_model,
             as_image_batch(a, "a"),
             as_image_batch(b, "b"),
@@ -112,27 +109,11 @@ def run_pair(
 
 
 def collect_inputs(pairs_dir: str | None, text_dir: str | None, text_dim: int, limit: int | None):
-    """[(name, a, b, text)] from a folder of pairs (or the shipped samples), seeded text when none is given."""
-    root = pairs_dir or samples_root()
-    datasets = find_datasets(root)
-    if not datasets:
-        find_ab_folders(root)  # raises with the explanation
-    out = []
-    for ds in datasets:
-        da, db = find_ab_folders(ds)
-        for p in match_pairs(da, db):
-            a, b = load_pair(p)
-            label = os.path.relpath(p.a, root) if pairs_dir is None else p.name
-            if text_dir:
-                text = load_text_for(text_dir, p.name, text_dim)
-            else:
-                text = random_text(SYNTHETIC_TEXT_LEN, text_dim, seed=len(out))
-            out.append((label, a, b, text))
-            if limit and len(out) >= limit:
-                return out
-    if not out:
-        raise FilmError(f"{root}: no image pairs found")
-    return out
+    """[(name, a, b, text)] from a folder of pairs (or the shipped samples), seeded text when none is given;
+    text features found as film fuse finds them (film.common.pairs)."""
+    items = collect_pairs(pairs=pairs_dir or samples_root(), text=text_dir,
+                          random_text_seed0=None if text_dir else 0, text_dim=text_dim, limit=limit)
+    return [(it.name, it.a, it.b, it.text) for it in items]
 
 
 def format_report(reports: list[PairReport], atol: float, rtol: float) -> str:

@@ -57,7 +57,7 @@ def run_train_parity(state_dict, h5: str, steps: int = 3, lr: float | None = Non
     if reference:
         ref = make_trainer("torch", device, model_cfg)
         ref.build(cfg, state_dict)
-        ref.model.double()
+        ref.model.double()  # the Trainer's declared model (base.Trainer), its gradients now in float64
         _, g64 = ref.gradients(a, b, t0, cfg)
     grads = []
     for k in gt:

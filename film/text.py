@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from film.common.safeio import atomic_path, make_dirs
+from film.common.safeio import atomic_path, check_can_make_dirs, make_dirs
 from film.errors import FilmError
 
 DEFAULT_ENCODER = "Salesforce/blip2-itm-vit-g"
@@ -83,9 +83,9 @@ def _hub_reachable(timeout: float = 5.0) -> bool:
         return False
 
 
-def _from_pretrained(cls, name: str, what: str, **kw):
+def _from_pretrained(cls, name: str, what: str, hint: str = _DOWNLOAD_HINT, **kw):
     """``cls.from_pretrained(name)`` from a folder, the Hugging Face cache, or (when reachable) the hub;
-    every failure becomes one FilmError that says what to do."""
+    every failure becomes one FilmError that says what to do (``hint``: how to get the model offline)."""
     local = os.path.isdir(name)
     if not local and (os.path.sep in name and not name.count("/") == 1 or name.startswith((".", "~"))):
         raise FilmError(f"{name}: no such folder (the {what} must be a folder or a Hugging Face model name)")
@@ -97,8 +97,7 @@ def _from_pretrained(cls, name: str, what: str, **kw):
         except OSError:
             if not _hub_reachable():
                 raise FilmError(
-                    f"{what} {name!r} is not in the Hugging Face cache and the hub cannot be reached: "
-                    + _DOWNLOAD_HINT
+                    f"{what} {name!r} is not in the Hugging Face cache and the hub cannot be reached: " + hint
                 ) from None
             return cls.from_pretrained(name, **kw)
     except FilmError:
@@ -119,10 +118,10 @@ def torch_device(device: str) -> str:
     return device
 
 
-def load_config(name: str, what: str, model_type: str, example: str):
+def load_config(name: str, what: str, model_type: str, example: str, hint: str = _DOWNLOAD_HINT):
     """The transformers config of ``name``, refused unless its model_type is ``model_type``."""
     transformers = _need_transformers()
-    config = _from_pretrained(transformers.AutoConfig, name, what)
+    config = _from_pretrained(transformers.AutoConfig, name, what, hint)
     if getattr(config, "model_type", None) != model_type:
         raise FilmError(
             f"{name}: a {getattr(config, 'model_type', '?')!r} model, not a {what} of type {model_type!r} "
@@ -180,25 +179,32 @@ class TextEncoder:
 
     def save(self, folder: str) -> None:
         """Keep only the text encoder and its tokenizer (safetensors), for an offline machine."""
-        parent = os.path.dirname(os.path.abspath(folder))
-        make_dirs(parent)
-        if os.path.exists(folder) and os.listdir(folder):
-            raise FilmError(f"{folder}: exists and is not empty")
-        import shutil
-        import tempfile
+        save_pretrained(folder, [self.model, self.tokenizer], "the encoder")
 
-        tmp = tempfile.mkdtemp(prefix=".film-tmp-", dir=parent)
-        try:
-            with _quiet_transformers():
-                self.model.save_pretrained(tmp, safe_serialization=True)
-                self.tokenizer.save_pretrained(tmp)
-            if os.path.isdir(folder):
-                os.rmdir(folder)
-            os.replace(tmp, folder)
-        except OSError as e:
-            raise FilmError(f"{folder}: could not write the encoder ({e.strerror or e})") from None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+def save_pretrained(folder: str, parts: list, what: str) -> None:
+    """``save_pretrained`` of every part (model: safetensors; tokenizer/processor) into a new folder, written
+    next to it and renamed: a failure leaves no half-written folder."""
+    parent = os.path.dirname(os.path.abspath(folder))
+    make_dirs(parent)
+    if os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
+        raise FilmError(f"{folder}: exists and is not an empty folder")
+    import shutil
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix=".film-tmp-", dir=parent)
+    try:
+        with _quiet_transformers():
+            for part in parts:
+                kw = {"safe_serialization": True} if hasattr(part, "config") else {}
+                part.save_pretrained(tmp, **kw)
+        if os.path.isdir(folder):
+            os.rmdir(folder)
+        os.replace(tmp, folder)
+    except OSError as e:
+        raise FilmError(f"{folder}: could not write {what} ({e.strerror or e})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_encoder(encoder: str = DEFAULT_ENCODER, device: str = "cpu") -> TextEncoder:
@@ -300,8 +306,9 @@ def encode_folders(a_dir: str, b_dir: str, out_dir: str, encoder=DEFAULT_ENCODER
     if max_tokens is not None and not 2 <= max_tokens <= MAX_POSITIONS:
         raise FilmError(f"--max-tokens must be between 2 and {MAX_POSITIONS}")
     pairs = pair_paragraphs(a_dir, b_dir)  # bad input is found before the (slow) encoder load
+    check_can_make_dirs(out_dir)
+    enc = _as_encoder(encoder, device)  # may fail (offline, no model): no folder is made before it loads
     make_dirs(out_dir)
-    enc = _as_encoder(encoder, device)
     from tqdm import tqdm
 
     t0 = time.time()

@@ -28,11 +28,13 @@ def strip_nproc(argv: list[str]) -> list[str]:
     return out
 
 
-def launch(backend: str, device: str, nproc: int, argv: list[str]) -> int:
+def launch(backend: str, device: str, nproc: int, argv: list[str], model_cfg: FilmConfig = OFFICIAL,
+           step_cfg=None) -> int:
     """film train --nproc N: start N processes of the same command (``argv`` without --nproc) under the
     backend's launcher (torchrun or mpirun) and wait for them; returns their exit code."""
     import os
     import subprocess
+    import sys
 
     if nproc < 1:
         raise FilmError("--nproc must be at least 1")
@@ -41,21 +43,37 @@ def launch(backend: str, device: str, nproc: int, argv: list[str]) -> int:
     check_name(backend)
     # importing the backend prepares it once here (Jittor compiles itself and its MPI ops), not in N racing
     # processes; the launcher (torchrun or mpirun) is the backend's
-    cmd = get_backend(backend, device).launch_command(nproc, strip_nproc(argv))
+    impl = get_backend(backend, device)
+    cmd = impl.launch_command(nproc, strip_nproc(argv))
+    impl.prepare_launch(device, model_cfg, step_cfg or TrainConfig(h5=""))
     env = os.environ.copy()
     # N processes on the machine's cores: a thread pool of cores // N each, unless the user chose
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    # the workers run `python -m film`, which puts the current folder first on sys.path: a folder holding a
+    # clone named film/ would shadow the installed package. Python 3.11+ can leave the folder out.
+    shadow = os.path.join(os.getcwd(), "film")
+    here = os.path.dirname(os.path.abspath(__file__))
+    if os.path.isdir(shadow) and os.path.realpath(shadow) != os.path.realpath(here):
+        if sys.version_info < (3, 11):
+            raise FilmError(f"the folder {shadow} would shadow the film package in the {nproc} worker processes "
+                            "(python -m film): run film train --nproc from another folder")
+    env["PYTHONSAFEPATH"] = "1"
     print(f"film train: starting {nproc} processes: {' '.join(cmd[:6])} ...", flush=True)
     try:
-        return subprocess.call(cmd, env=env)
+        code = subprocess.call(cmd, env=env)
     except KeyboardInterrupt:
         return 130
+    if code:  # the launcher has stopped every process; its report and the failing rank's error are above
+        why = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        print(f"film train: the {nproc}-process job failed ({why}); the failing rank's error is above",
+              file=sys.stderr, flush=True)
+    return code
 
 
 def train(
     h5: str | None = None,
     *,
-    backend: str = "torch",
+    backend: str | None = None,
     out: str = "exp",
     epochs: int | None = None,
     batch_size: int | None = None,
@@ -70,10 +88,30 @@ def train(
     resume: str | None = None,
     max_steps: int | None = None,
     model_cfg: FilmConfig = OFFICIAL,
+    recompute: str = "auto",
+    micro_batch: int | None = None,
+    fast: bool | None = None,
+    heap_reuse: bool = True,
 ) -> str:
     """Train FILM with the official recipe (None = the official value) in either backend; returns the run
     folder (written by rank 0 alone under torchrun / mpirun). ``resume``: a run folder to continue exactly
-    (its H5 and recipe are taken from its param.json)."""
+    (its H5 and recipe are taken from its param.json). How each step runs (the same numbers either way;
+    docs/training.md): ``recompute`` (auto, none, blocks, all), ``micro_batch`` (None: planned to fit in memory),
+    ``fast`` (the channels-last layout; None: on for CPU), ``heap_reuse`` (CPU: glibc keeps freed memory for
+    reuse while training runs, a process-wide malloc setting; film.common.heap)."""
+    if resume:  # the run's own backend, network configuration and H5, unless told otherwise
+        saved = read_run_params(resume)
+        run_backend = saved.get("backend", "torch")
+        if backend is not None and backend != run_backend:
+            raise FilmError(f"{resume}: a {run_backend} run; resume it with --backend {run_backend} (or without "
+                            "--backend), or start a new run from its weights with --init")
+        backend = run_backend
+        if model_cfg is OFFICIAL and isinstance(saved.get("model_config"), dict):
+            try:
+                model_cfg = FilmConfig.from_dict(saved["model_config"])
+            except (TypeError, ValueError) as e:
+                raise FilmError(f"{resume}: param.json has an unreadable model_config ({e})") from None
+    backend = backend or "torch"
     check_name(backend)
     for name, v in (("epochs", epochs), ("batch_size", batch_size)):
         if v is not None and v < 1:
@@ -84,8 +122,13 @@ def train(
         h5 = read_run_params(resume).get("h5")
     if not h5:
         raise FilmError("--h5 TRAIN.h5 is required")
+    from film.common.recompute import MODES
+
+    if recompute != "auto" and recompute not in MODES:
+        raise FilmError(f"recompute {recompute!r}: choose auto or one of {', '.join(MODES)}")
     cfg = TrainConfig(h5=h5, backend=backend, out=out, seed=seed, device=device, init=init, resume=resume,
-                      max_steps=max_steps)
+                      max_steps=max_steps, recompute=recompute, micro_batch=micro_batch, fast=fast,
+                      heap_reuse=heap_reuse, epochs=epochs)
     for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("step_size", step_size),
                  ("gamma", gamma), ("grad_weight", grad_weight), ("ssim_weight", ssim_weight)):
         if v is not None:

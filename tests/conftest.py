@@ -38,3 +38,21 @@ def samples() -> str:
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def run_group(cmd, timeout: float, env: dict | None = None, cwd=None):
+    """Run a launcher (torchrun, mpirun) and its workers in their own session and process group, so that a signal
+    the launcher sends to its group never reaches pytest, and a timeout ends every process of the job (not just
+    the launcher) and fails the test. Returns a CompletedProcess (text stdout/stderr)."""
+    import signal
+    import subprocess
+
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                         env={**os.environ, **(env or {})}, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        pytest.fail(f"{' '.join(map(str, cmd[:6]))} ... did not finish within {timeout:.0f}s:\n{(out + err)[-3000:]}")
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)

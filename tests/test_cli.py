@@ -348,19 +348,26 @@ def test_fuse_output_is_a_file(capsys, tmp_path, pairs, weights):
 
 
 def test_fuse_odd_image_kinds(capsys, tmp_path, pairs, weights):
-    """RGBA, 16-bit, palette and 1xN images are read as the official cv2.imread does, and fuse."""
+    """Palette and 1xN images are read as the official cv2.imread does, and fuse; a 16-bit image (cv2.imread
+    would squash it to 8 bits: data loss) and an image with alpha are refused in one line, nothing written."""
     from PIL import Image
 
     root, text = pairs
     a = cv2.imread(str(root / "ir" / "p1.png"))
-    cv2.imwrite(str(root / "ir" / "p1.png"), cv2.cvtColor(a, cv2.COLOR_BGR2BGRA))  # RGBA
-    cv2.imwrite(str(root / "vi" / "p1.png"), (a[..., 0].astype(np.uint16) * 257))  # 16-bit gray
     Image.fromarray(cv2.imread(str(root / "ir" / "p2.png"))).convert("P").save(
         root / "ir" / "p2.png"
     )  # palette
     out = tmp_path / "o"
     code, msg = run(capsys, *_fuse_argv(weights, root / "ir", root / "vi", text, out))
     assert code == 0, msg
+    for bad, why in ((cv2.cvtColor(a, cv2.COLOR_BGR2BGRA), "alpha channel"),
+                     (a[..., 0].astype(np.uint16) * 257, "16-bit")):
+        cv2.imwrite(str(root / "ir" / "p1.png"), bad)
+        out2 = tmp_path / f"o_{why[:5]}"
+        msg = fails(capsys, *_fuse_argv(weights, root / "ir", root / "vi", text, out2), match=why)
+        assert "p1.png" in msg and len(msg.strip().splitlines()) == 1, msg
+        assert not out2.exists()
+    cv2.imwrite(str(root / "ir" / "p1.png"), a)
     for d in ("ir", "vi"):  # 1xN
         cv2.imwrite(str(root / d / "p1.png"), np.full((1, 9), 100, np.uint8))
         cv2.imwrite(str(root / d / "p2.png"), np.full((7, 1), 50, np.uint8))
@@ -629,14 +636,15 @@ def test_memory_estimate_matches_measurement():
     import glob
     import json
 
-    from film.api import BYTES_PER_PIXEL
+    from film.backends.registry import get_backend
 
     files = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results", "*_cpu_memory.json")))
     assert files, "no committed memory measurement (film bench --memory)"
     fit = json.load(open(files[-1]))["memory_fit"]
     for backend in ("torch", "jittor"):
         measured = fit[backend]["bytes_per_pixel"]
-        assert measured <= BYTES_PER_PIXEL[backend] <= 1.25 * measured, (backend, measured)
+        per_pixel = get_backend(backend, "cpu").inference_memory()[1]
+        assert measured <= per_pixel <= 1.25 * measured, (backend, measured)
 
 
 # --------------------------------------------------------------------------- train

@@ -432,3 +432,74 @@ def test_jittor_without_onednn_still_matches_torch(tb, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert "PATH Jittor's own kernels (use_mkl=0 set)" in p.stdout, p.stdout
     assert float(p.stdout.split("DIFF")[1]) <= 3e-5  # TINY's tolerance (test_parity_blocks)
+
+
+def _grads_vs_torch64(jfn, tfn, arrays, g, what, rtol=1e-5):
+    """Values and input gradients of a Jittor op (its backward is ours) against torch float64 autograd of the
+    official formula; relative to each result's largest magnitude."""
+    import jittor as jt
+    import torch
+
+    jx = [jt.array(a) for a in arrays]
+    y = jfn(*jx)
+    jg = jt.grad((y * jt.array(g)).sum(), jx)
+    tx = [torch.from_numpy(a.astype(np.float64)).requires_grad_() for a in arrays]
+    ty = tfn(*tx)
+    (ty * torch.from_numpy(g.astype(np.float64))).sum().backward()
+
+    def rel(got, ref, name):
+        d = float(np.abs(got.astype(np.float64) - ref).max()) / max(float(np.abs(ref).max()), 1e-30)
+        assert d <= rtol, f"{what} {name}: rel {d:.2e} > {rtol}"
+
+    rel(y.numpy(), ty.detach().numpy(), "forward")
+    for i, (a, b) in enumerate(zip(jg, tx)):
+        rel(a.numpy(), b.grad.numpy(), f"grad {i}")
+
+
+def test_jittor_nhwc_depthwise_gradients(tb, jb, rng):
+    """Training in NHWC: the compiled depth-wise loop's backward (dx: the same loop with the taps turned, dw/db:
+    float64 sums over ~10^5 pixels per channel) against torch float64 autograd of the NCHW convolution."""
+    import torch.nn.functional as F
+
+    from film.backends.jittor import ops as jops
+
+    if jops.onednn() is None:
+        pytest.skip("the NHWC Jittor layout needs oneDNN")
+    for shape in ((2, 130, 191, 16), (1, 7, 1, 8), (1, 1, 9, 4)):
+        c = shape[3]
+        x = rng.standard_normal(shape).astype(np.float32)
+        w = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
+        b = rng.standard_normal(c).astype(np.float32)
+        g = rng.standard_normal(shape).astype(np.float32)
+
+        def jfn(x, w, b):
+            with jops.layout(True):
+                return jops.depthwise3x3_nhwc(x, w, b)
+
+        def tfn(x, w, b, c=c):
+            return F.conv2d(x.permute(0, 3, 1, 2), w, b, padding=1, groups=c).permute(0, 2, 3, 1)
+
+        _grads_vs_torch64(jfn, tfn, [x, w, b], g, f"depth-wise NHWC {shape}")
+
+
+def test_jittor_training_softmax_and_products(tb, jb, rng):
+    """The compiled row softmax with its backward, the float64-summed gram P^T P and the per-sample sgemm
+    products (ops._Gram, _Bmm, _RowsTimesMatT), values and gradients, against torch float64 autograd."""
+    import torch
+
+    from film.backends.jittor import ops as jops
+
+    x = (5 * rng.standard_normal((2, 3, 13824))).astype(np.float32)
+    _grads_vs_torch64(jops.softmax, lambda t: torch.softmax(t, -1), [x], rng.standard_normal(x.shape).astype(np.float32),
+                      "softmax rows")
+    if jops.onednn() is None:
+        pytest.skip("the sgemm paths need oneDNN")
+    p = rng.standard_normal((2, 9000, 12)).astype(np.float32)
+    _grads_vs_torch64(lambda t: jops._Gram.apply(t).float32(), lambda t: t.transpose(1, 2) @ t, [p],
+                      rng.standard_normal((2, 12, 12)).astype(np.float32), "gram")
+    a, b = rng.standard_normal((3, 149, 32)).astype(np.float32), rng.standard_normal((3, 32, 700)).astype(np.float32)
+    _grads_vs_torch64(jops._Bmm.apply, lambda s, t: s @ t, [a, b], rng.standard_normal((3, 149, 700)).astype(np.float32),
+                      "bmm")
+    m = rng.standard_normal((2, 24, 12)).astype(np.float32)
+    _grads_vs_torch64(jops._RowsTimesMatT.apply, lambda s, t: s @ t.transpose(1, 2), [p, m],
+                      rng.standard_normal((2, 9000, 24)).astype(np.float32), "rows x mat^T")

@@ -10,6 +10,7 @@ import types
 import h5py
 import numpy as np
 import pytest
+from conftest import run_group
 
 from film.common import loss as L
 from film.common.images import read_gray, samples_root
@@ -54,13 +55,13 @@ def test_loss_matches_numpy_restatement(tb):
     assert float(total) == pytest.approx(l_in + 20 * l_grad, rel=1e-5)
 
 
-def _trainers(tb, jb, sd):
+def _trainers(tb, jb, sd, cfg=CFG):
     from film.backends.jittor.train import Trainer as JT
     from film.backends.torch.train import Trainer as TT
 
     t, j = TT("cpu", TINY), JT("cpu", TINY)
-    t.build(CFG, sd)
-    j.build(CFG, sd)
+    t.build(cfg, sd)
+    j.build(cfg, sd)
     return t, j
 
 
@@ -103,10 +104,55 @@ def _prelu_term_sums(model) -> dict:
 PER_TERM_TOL = 1e-5  # a sum's float32 error, relative to the sum of its terms' magnitudes
 
 
-@pytest.mark.parametrize("ssim_weight", [0.0, 1.0])
-def test_loss_and_gradients_match(tb, jb, ssim_weight):
+def _float64_reference(tb, sd, A, B, T, cfg):
+    """torch float32 gradients in two summation orders (NCHW, channels_last) and the float64 gradient with the
+    PReLU term sums: what a Jittor gradient is judged against (_judge)."""
+    import torch
+
+    _, gt = _torch_grads(tb.build_model(TINY, sd, "cpu").train(), A, B, T, cfg, torch.float32)
+    _, gc = _torch_grads(tb.build_model(TINY, sd, "cpu").train(), A, B, T, cfg, torch.float32, channels_last=True)
+    m64 = tb.build_model(TINY, sd, "cpu").double().train()
+    term_sums = _prelu_term_sums(m64)
+    l64, gd = _torch_grads(m64, A, B, T, cfg, torch.float64)
+    assert len(term_sums) == 6 * TINY.num_cablocks
+    return l64, gd, gt, gc, term_sums
+
+
+def _judge(gj: dict, ref) -> str:
+    """Every Jittor gradient within float32 rounding of float64 (see test_loss_and_gradients_match)."""
+    _, gd, gt, gc, term_sums = ref
+    worst, n_strict, worst_term = ("", 0.0, 0.0), 0, ("", 0.0)
+    for name, g in gj.items():
+        diff = float(np.abs(np.asarray(g, np.float64) - gd[name]).max())
+        scale = max(float(np.abs(gd[name]).max()), 1e-12)
+        err = diff / scale
+        n_strict += err <= 1e-4
+        if name in term_sums:
+            per_term = diff / max(term_sums[name], 1e-30)
+            assert per_term <= PER_TERM_TOL, (
+                f"{name}: jittor gradient {per_term:.2e} of the sum of its terms' magnitudes from float64 > "
+                f"{PER_TERM_TOL:.0e} (relative to the gradient: {err:.2e}, kappa {term_sums[name] / scale:.0f})"
+            )
+            if per_term > worst_term[1]:
+                worst_term = (name, per_term)
+            continue
+        own = max(float(np.abs(gt[name] - gd[name]).max()), float(np.abs(gc[name] - gd[name]).max())) / scale
+        allow = 1e-4 + 3 * own
+        assert err <= allow, f"{name}: jittor gradient rel {err:.2e} vs float64 > {allow:.2e} (torch float32: {own:.2e})"
+        if err / allow > worst[1]:
+            worst = (name, err / allow, own)
+    assert n_strict >= 0.9 * len(gj)
+    return (f"worst: {worst[0]} at {worst[1]:.2f} of its allowance (torch's own float32 error {worst[2]:.2e}); "
+            f"PReLU slopes: worst {worst_term[0]} at {worst_term[1]:.1e} of its terms' magnitudes; "
+            f"{n_strict}/{len(gj)} within 1e-4 of float64")
+
+
+@pytest.mark.parametrize("ssim_weight,recompute,fast", [(0.0, "auto", None), (1.0, "auto", None),
+                                                        (0.0, "none", None), (0.0, "none", False)])
+def test_loss_and_gradients_match(tb, jb, ssim_weight, recompute, fast):
     """Each backend's float32 gradient is judged against the float64 gradient of the same weights and batch,
-    with allowances measured on *this* machine (docs/parity.md, "Tolerances").
+    with allowances measured on *this* machine (docs/parity.md, "Tolerances"); Jittor as film train runs it
+    (NHWC on oneDNN, recompute all), without recomputation, and in NCHW.
 
     Per parameter, relative to max |float64 gradient|: `own` = the larger error of two torch float32
     gradients with different summation orders (NCHW and channels_last) on this machine; Jittor must be
@@ -125,45 +171,18 @@ def test_loss_and_gradients_match(tb, jb, ssim_weight):
 
     from film.backends.jittor.train import compute_loss as jloss
 
-    cfg = types.SimpleNamespace(**{**vars(CFG), "ssim_weight": ssim_weight})
+    cfg = types.SimpleNamespace(**{**vars(CFG), "ssim_weight": ssim_weight, "recompute": recompute, "fast": fast})
     sd = random_state_dict(TINY, seed=11)
-    t, j = _trainers(tb, jb, sd)
+    t, j = _trainers(tb, jb, sd, cfg)
     A, B, T = _batch()
-    lt, gt = _torch_grads(t.model, A, B, T, cfg, torch.float32)
-    _, gc = _torch_grads(tb.build_model(TINY, sd, "cpu").train(), A, B, T, cfg, torch.float32, channels_last=True)
-    m64 = tb.build_model(TINY, sd, "cpu").double().train()
-    term_sums = _prelu_term_sums(m64)
-    l64, gd = _torch_grads(m64, A, B, T, cfg, torch.float64)
-    assert len(term_sums) == 6 * TINY.num_cablocks
+    lt, _ = _torch_grads(t.model, A, B, T, cfg, torch.float32)
+    ref = _float64_reference(tb, sd, A, B, T, cfg)
     fj = j.model(jt.array(A), jt.array(B), jt.array(T))
     lj, _ = jloss(jt.array(A), jt.array(B), fj, cfg)
-    assert float(lj.item()) == pytest.approx(l64, rel=1e-6)
-    assert lt == pytest.approx(l64, rel=1e-6)
+    assert float(lj.item()) == pytest.approx(ref[0], rel=1e-6)
+    assert lt == pytest.approx(ref[0], rel=1e-6)
     gj = jt.grad(lj, j._params())
-    worst, n_strict, worst_term = ("", 0.0, 0.0), 0, ("", 0.0)
-    for name, g in zip(param_schema(TINY), gj):
-        diff = float(np.abs(g.numpy().astype(np.float64) - gd[name]).max())
-        scale = max(float(np.abs(gd[name]).max()), 1e-12)
-        err = diff / scale
-        n_strict += err <= 1e-4
-        if name in term_sums:
-            per_term = diff / max(term_sums[name], 1e-30)
-            assert per_term <= PER_TERM_TOL, (
-                f"{name}: jittor gradient {per_term:.2e} of the sum of its terms' magnitudes from float64 > "
-                f"{PER_TERM_TOL:.0e} (relative to the gradient: {err:.2e}, kappa {term_sums[name] / scale:.0f})"
-            )
-            if per_term > worst_term[1]:
-                worst_term = (name, per_term)
-            continue
-        own = max(float(np.abs(gt[name] - gd[name]).max()), float(np.abs(gc[name] - gd[name]).max())) / scale
-        allow = 1e-4 + 3 * own
-        assert err <= allow, f"{name}: jittor gradient rel {err:.2e} vs float64 > {allow:.2e} (torch float32: {own:.2e})"
-        if err / allow > worst[1]:
-            worst = (name, err / allow, own)
-    print(f"worst: {worst[0]} at {worst[1]:.2f} of its allowance (torch's own float32 error {worst[2]:.2e}); "
-          f"PReLU slopes: worst {worst_term[0]} at {worst_term[1]:.1e} of its terms' magnitudes; "
-          f"{n_strict}/{len(gj)} within 1e-4 of float64")
-    assert n_strict >= 0.9 * len(gj)
+    print(_judge({k: g.numpy() for k, g in zip(param_schema(TINY), gj)}, ref))
 
 
 def test_three_adam_steps_with_scheduler(tb, jb):
@@ -387,7 +406,6 @@ def test_torchrun_ddp_world_size_2_matches_single_process(tb, tmp_path):
     the logged (all-reduced) losses and the trained weights equal the single-process run's. Tolerances:
     the DDP gradient is an average of two half-batch means (other rounding); Adam turns a near-zero
     gradient's rounding into up to a full lr step (see test_three_adam_steps_with_scheduler)."""
-    import subprocess
     import sys
 
     from safetensors.numpy import save_file
@@ -407,7 +425,7 @@ def test_torchrun_ddp_world_size_2_matches_single_process(tb, tmp_path):
         ("ddp", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "film"]),
     ):
         out = tmp_path / name
-        p = subprocess.run(launcher + common + ["--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
+        p = run_group(launcher + common + ["--out", str(out)], 600, env)
         assert p.returncode == 0, p.stderr[-3000:]
         (runs[name],) = [os.path.join(out, d) for d in os.listdir(out)]
     assert len(_losses(runs["single"])) == 2
@@ -457,10 +475,7 @@ def _mpi_skip_reason() -> str | None:
 
 
 def _run(cmd, tmp_path, env=None):
-    import subprocess
-
-    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=900,
-                       cwd=tmp_path)
+    p = run_group(cmd, 900, env, cwd=tmp_path)
     assert p.returncode == 0, (p.stdout[-2000:], p.stderr[-3000:])
     return p
 
@@ -498,11 +513,9 @@ def test_jittor_mpi_world_size_2_matches_single_process(jb, tmp_path):
     # and the MPI ops (all-reduce/broadcast per parameter shape) in one short MPI run whose outcome is not
     # judged: on a cold cache both ranks compile them at once (seen once to fail on a fresh cache; the runs
     # below are the test)
-    import subprocess
 
-    subprocess.run(mpi + [sys.executable, "-m", "film"] + common
-                   + ["--epochs", "1", "--max-steps", "1", "--out", str(tmp_path / "warm_mpi")],
-                   capture_output=True, text=True, env={**os.environ, **env}, timeout=900, cwd=tmp_path)
+    run_group(mpi + [sys.executable, "-m", "film"] + common
+              + ["--epochs", "1", "--max-steps", "1", "--out", str(tmp_path / "warm_mpi")], 900, env, cwd=tmp_path)
     runs = {}
     for name, launcher, epochs in (
         ("single", [sys.executable, "-m", "film"], "2"),

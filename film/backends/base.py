@@ -24,7 +24,15 @@ class Trainer(Protocol):
     rank: int
     world: int  # processes (torchrun / mpirun); rank 0 alone writes
 
+    impl: Any  # the Backend module this trainer belongs to
+    device_type: str  # "cpu" or "cuda"
+    model: Any  # the network being trained (after build)
+    forward: Any  # what step() calls for the forward pass: the model, its DDP wrapper, or film bench's baseline
+
     def setup(self, cfg) -> None: ...  # build model + optimizer from cfg.init (or random), seeded
+
+    # micro-batch, recompute and heap policy of a step for this machine (film.common.training.plan_step)
+    def plan(self, cfg, batch: int, h: int, w: int) -> Any: ...
 
     def build(self, cfg, init_sd: dict | None = None) -> None: ...  # init_sd: a numpy state dict, or random
 
@@ -38,7 +46,7 @@ class Trainer(Protocol):
 
     def save(self, path: str, epoch: int, step: int) -> None: ...
 
-    def load_resume(self, path: str) -> dict: ...
+    def load_resume(self, path: str, cfg=None) -> dict: ...  # cfg: the run's step options (recompute, ...)
 
     def share(self, obj: str) -> str: ...  # rank 0's string on every rank
 
@@ -83,14 +91,33 @@ class Backend(Protocol):
     # (same parameters), or None where the backend has none (only torch restates the official code)
     def reference_model(self, model: Any) -> Any: ...
 
+    # film parity's rounding-free reference: a float64 copy of ``model`` in the official order that this
+    # backend's forward_numpy runs, or None where the backend cannot compute in float64 (Jittor's kernels)
+    def float64_reference(self, model: Any) -> Any: ...
+
     def gpu_memory_mb(self, reset: bool = False) -> float | None: ...  # peak device memory (None on CPU)
 
     def make_trainer(self, device: str, model_cfg: FilmConfig) -> Trainer: ...
+
+    # film train --recompute auto -> none|blocks|all for a device type ("cpu", "cuda"); else checks the mode
+    def resolve_recompute(self, mode: str, device: str) -> str: ...
+
+    # (fixed bytes, bytes per pixel) of a CPU training step's peak resident memory, measured per recompute
+    # mode and heap policy: peak = fixed + samples per forward x per pixel x max(H x W, 288 x 384)
+    def train_memory(self, recompute: str, heap_reuse: bool) -> tuple[int, int]: ...
+
+    # (fixed bytes, bytes per pixel) of a CPU forward's peak, as shipped: film.api.check_memory
+    def inference_memory(self) -> tuple[int, int]: ...
 
     def check_launcher(self) -> None: ...  # refuse a multi-process launcher meant for the other backend
 
     def launch_command(self, nproc: int, argv: list[str]) -> list[str]: ...  # film train --nproc N
 
+    # film train --nproc N, before the N processes start: whatever they would otherwise race to do (Jittor:
+    # compile every operator of a training step once)
+    def prepare_launch(self, device: str, model_cfg: FilmConfig, cfg) -> None: ...
+
 
 MEMBERS = [n for n in Backend.__dict__ if not n.startswith("_")] + ["NAME"]
-TRAINER_MEMBERS = [n for n in Trainer.__dict__ if not n.startswith("_")] + ["ext", "model_cfg", "rank", "world"]
+TRAINER_MEMBERS = [n for n in Trainer.__dict__ if not n.startswith("_")] + [
+    "ext", "model_cfg", "rank", "world", "impl", "device_type", "model", "forward"]

@@ -103,6 +103,7 @@ def _read_safetensors(path: str) -> object:
                 extras[k] = int(meta[k])
             except ValueError:
                 pass
+    extras.update({k: v for k, v in meta.items() if k.startswith("film_") and k != "film_config" and isinstance(v, str)})
     if "film_config" in meta:
         try:
             extras["film_config"] = FilmConfig.from_dict(json.loads(meta["film_config"]))
@@ -226,11 +227,33 @@ def stored_config(path: str, extras: dict) -> FilmConfig | None:
     return None
 
 
-def load_checkpoint(path: str | os.PathLike, cfg: FilmConfig | None = OFFICIAL) -> Checkpoint:
+# Checkpoint names every command accepts where it takes a checkpoint path (a file of that name: ./demo).
+RANDOM, DEMO = "random", "demo"
+
+
+def demo_weights_path() -> str:
+    """The demo weights shipped in the package (film/weights/demo.safetensors; docs/training.md, "Demo
+    weights"): not the official FILM, trained briefly on public pairs with synthetic text."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "demo.safetensors")
+    if not os.path.isfile(path):
+        raise FilmError(f"the demo weights are missing from this installation ({path}): reinstall film-fusion, or "
+                        "pass a checkpoint file")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, cfg: FilmConfig | None = None) -> Checkpoint:
     """Read any supported checkpoint, unwrap it, validate it against the schema, return float32 tensors.
 
+    ``path``: a file, or ``"demo"`` (the shipped demo weights) or ``"random"`` (seeded random weights).
     cfg=None: the configuration stored with the weights (:func:`stored_config`), else the official one."""
     path = os.fspath(path)
+    if path == RANDOM:
+        from film.common.init import random_state_dict
+
+        cfg = cfg or OFFICIAL
+        return Checkpoint(random_state_dict(cfg, seed=0), {}, RANDOM, cfg)
+    if path == DEMO:
+        path = demo_weights_path()
     raw = read_raw(path)
     sd, extras = unwrap(raw, path)
     if cfg is None:
@@ -292,6 +315,9 @@ def save_checkpoint(
         for key in ("epoch", "step"):
             if isinstance(extras.get(key), (int, np.integer)):
                 meta[key] = str(int(extras[key]))
+        for key, value in extras.items():  # film's own notes (e.g. film_demo: what the demo weights are)
+            if key.startswith("film_") and key != "film_config" and isinstance(value, str):
+                meta[key] = value
         with atomic_path(path) as tmp:
             save_file(dict(sd), tmp, metadata=meta)
 
@@ -305,11 +331,6 @@ def convert(src: str, dst: str, cfg: FilmConfig | None = None, keep_optimizer: b
     from film.common.safeio import check_output_file
 
     check_output_file(dst)  # an unwritable output is refused before the input is read
-    raw = read_raw(src)
-    sd, extras = unwrap(raw, src)
-    if cfg is None:
-        cfg = stored_config(src, extras) or OFFICIAL
-    extras.pop("film_config", None)
-    validate(sd, cfg, src)
-    save_checkpoint(dst, sd, extras, cfg, keep_optimizer=keep_optimizer)
-    return Checkpoint(OrderedDict((k, sd[k]) for k in param_schema(cfg)), extras, detect_format(src), cfg)
+    ck = load_checkpoint(src, cfg)
+    save_checkpoint(dst, ck.state_dict, ck.extras, ck.cfg, keep_optimizer=keep_optimizer)
+    return ck

@@ -43,9 +43,21 @@ def gdfn(m, ops, x):
     return m.project_out(ops.gelu(x1) * x2)
 
 
-def transformer_block(m, x):
-    x = x + m.attn(m.norm1(x))
-    return x + m.ffn(m.norm2(x))
+def recomputed(on: bool, ops, fn, xs: tuple, modules: list):
+    """``fn(*xs)``; with ``on``, run again in the backward pass instead of keeping its insides
+    (``film.common.recompute``: each Restormer block, and with ``all`` each cross-attention branch too). Only
+    ``xs`` and the result are kept, which cuts a training step's activation memory several times for one more
+    forward of the recomputed parts; the numbers are the same. ``modules``: those whose parameters ``fn``
+    uses (their gradients come out of the recomputation)."""
+    return ops.recompute(fn, modules, *xs) if on else fn(*xs)
+
+
+def transformer_block(m, ops, x):
+    """Restormer block: x + attn(norm1(x)), then + ffn(norm2(x)); with recompute, each half is recomputed on
+    its own (the FFN's 4x-wide maps are the largest of the network, and are not kept alongside the attention's)."""
+    on = getattr(m, "_film_recompute", False)
+    x = x + recomputed(on, ops, lambda y: m.attn(m.norm1(y)), (x,), [m.norm1, m.attn])
+    return x + recomputed(on, ops, lambda y: m.ffn(m.norm2(y)), (x,), [m.norm2, m.ffn])
 
 
 def multihead_attention(m, ops, query, key, value):
@@ -85,10 +97,24 @@ def image_to_tokens(m, ops, x):
 
 def cablock_branch(m, ops, s: str, ca_name: str, image, text, taps, prefix: str):
     """One source (s = 'A' or 'B') of ``restormer_cablock``."""
-    cfg = m.cfg
     conv1, prelu1 = getattr(m, f"conv{s}1"), getattr(m, f"prelu{s}1")
     feat = getattr(m, f"restormer{s}1")(prelu1(conv1(image)))
     tap(taps, f"{prefix}.restormer{s}1", feat, ops)
+    if taps is None:  # the text-guided side branch, recomputed in the backward pass with recompute=all
+        used = [getattr(m, n) for n in (f"imagef2textf{s}1", ca_name, f"conv{s}2", f"prelu{s}2", f"conv{s}3",
+                                        f"prelu{s}3")]
+        out = recomputed(getattr(m, "_film_recompute", False), ops,
+                         lambda f, t: text_guided(m, ops, s, ca_name, f, t), (feat, text), used)
+    else:
+        out = text_guided(m, ops, s, ca_name, feat, text, taps, prefix)
+    tap(taps, f"{prefix}.out{s}", out, ops)
+    return out
+
+
+def text_guided(m, ops, s: str, ca_name: str, feat, text, taps=None, prefix: str = ""):
+    """The cablock branch after its Restormer: image tokens attend to the text, the pooled and L1-normalised
+    result weights the tokens, which go back to the image grid and join ``feat``."""
+    cfg = m.cfg
     tokens = getattr(m, f"imagef2textf{s}1")(feat)
     ca = getattr(m, ca_name)(text, tokens, tokens)
     # adaptive_avg_pool1d over the text length, then L1 normalisation over the hidden_dim channels.
@@ -100,9 +126,7 @@ def cablock_branch(m, ops, s: str, ca_name: str, image, text, taps, prefix: str)
     ca = ops.from_nchw((tokens * ca).reshape(b, cfg.image2text_dim, gh, gw))
     conv2, prelu2 = getattr(m, f"conv{s}2"), getattr(m, f"prelu{s}2")
     side = resized(ops, lambda y: prelu2(conv2(y)), ca, (h, w)) + feat
-    out = getattr(m, f"prelu{s}3")(getattr(m, f"conv{s}3")(ops.cat_channels([feat, side])))
-    tap(taps, f"{prefix}.out{s}", out, ops)
-    return out
+    return getattr(m, f"prelu{s}3")(getattr(m, f"conv{s}3")(ops.cat_channels([feat, side])))
 
 
 def cablock(m, ops, imageA, imageB, text, taps, prefix: str):

@@ -1,7 +1,9 @@
 """Image I/O exactly as the official code does it, plus pair discovery and safe saving.
 
-``read_gray`` is the official ``image_read_cv2(path, 'GRAY')``: ``cv2.imread`` (8-bit BGR: 16-bit is
-scaled down, alpha dropped, palettes expanded), float32, BGR->GRAY, rounded. ``to_uint8`` is the
+``read_gray`` is the official ``image_read_cv2(path, 'GRAY')``: ``cv2.imread`` (8-bit BGR, palettes
+expanded), float32, BGR->GRAY, rounded; 16-bit images and images with alpha are refused instead of being
+squashed or flattened silently (``read_bgr``). ``read_gray01`` is the same divided by 255, what
+``Fuser.fuse`` takes. ``to_uint8`` is the
 official ``test.py`` saving step (per-image min-max stretch, x255, truncation to uint8).
 """
 
@@ -52,16 +54,34 @@ def _imread(path: str, flags: int) -> np.ndarray:
 
 
 def read_bgr(path: str) -> np.ndarray:
-    """8-bit BGR HxWx3 as ``cv2.imread(path)`` returns it."""
-    img = _imread(path, cv2.IMREAD_COLOR)
-    if img.dtype != np.uint8:
-        raise FilmError(f"{path}: unexpected image depth {img.dtype}")
-    return img
+    """8-bit BGR HxWx3 as ``cv2.imread(path)`` returns it, for 8-bit images without alpha (grey, colour,
+    palette). Refused with one line: more than 8 bits per channel (``cv2.imread`` would squash a 16-bit
+    thermal or medical image to 8 bits without a word: data loss; the windowing is the user's choice) and an
+    alpha channel (``cv2.imread`` would drop it: transparent areas would be fused as whatever colour they hold)."""
+    raw = _imread(path, cv2.IMREAD_UNCHANGED)
+    if raw.dtype != np.uint8:
+        bits = {np.dtype(np.uint16): "16-bit", np.dtype(np.float32): "32-bit float"}.get(raw.dtype, str(raw.dtype))
+        raise FilmError(
+            f"{path}: a {bits} image; FILM reads 8-bit images (as the official code), and squashing it to 8 bits "
+            "here would lose data: convert it to 8 bits with the windowing your data needs, e.g. "
+            "cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype('uint8')"
+        )
+    if raw.ndim == 3 and raw.shape[2] == 4:
+        raise FilmError(
+            f"{path}: has an alpha channel (transparency); FILM fuses opaque images: save it without alpha "
+            "(e.g. cv2.imwrite(out, cv2.imread(path)))"
+        )
+    return _imread(path, cv2.IMREAD_COLOR)
 
 
 def read_gray(path: str) -> np.ndarray:
     """Official ``image_read_cv2(path, 'GRAY')``: float32 HxW with integer values 0..255."""
     return np.round(cv2.cvtColor(read_bgr(path).astype("float32"), cv2.COLOR_BGR2GRAY))
+
+
+def read_gray01(path: str) -> np.ndarray:
+    """``read_gray(path) / 255``: float32 HxW in [0, 1], the official network input (``Fuser.fuse`` takes it)."""
+    return read_gray(path) / np.float32(255.0)
 
 
 def read_ycrcb(path: str) -> np.ndarray:

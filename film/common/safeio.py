@@ -98,6 +98,26 @@ def make_dirs(path: str | os.PathLike, what: str = "output folder") -> str:
     return path
 
 
+def check_can_make_dirs(path: str | os.PathLike, what: str = "output folder") -> str:
+    """Fail early, with one clear FilmError, when ``make_dirs(path)`` would fail later, without creating anything
+    (so that a command failing in between, e.g. on a model that cannot be loaded, leaves no empty folder)."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise FilmError(f"{path}: cannot use as {what}: a file of that name exists")
+        if not os.access(path, os.W_OK):
+            raise FilmError(f"{path}: {what} is not writable")
+        return path
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise FilmError(f"{path}: cannot create {what}: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FilmError(f"{path}: cannot create {what}: {parent} is not writable")
+    return path
+
+
 def check_output_file(path: str | os.PathLike, create_dir: bool = False) -> str:
     """Fail early, with one clear FilmError, when ``path`` could not be written later (before minutes of
     work): the folder is missing (or, with ``create_dir``, cannot be made), unwritable, or refuses files."""

@@ -32,7 +32,7 @@ class TrainConfig:
     h5: str
     backend: str = "torch"
     out: str = "exp"
-    epochs: int = OFFICIAL_RECIPE.epochs
+    epochs: int | None = None  # None: the official 150, or for --resume the run's own
     batch_size: int = OFFICIAL_RECIPE.batch_size
     lr: float = OFFICIAL_RECIPE.lr
     step_size: int = OFFICIAL_RECIPE.step_size
@@ -44,6 +44,90 @@ class TrainConfig:
     init: str | None = None
     resume: str | None = None
     max_steps: int | None = None  # stop early (smoke tests, benchmarks)
+    # how a step runs (the numbers are the same either way; docs/training.md, "Speed and memory"):
+    recompute: str = "auto"  # none | blocks | all (film.common.recompute); auto: the backend's measured default
+    fast: bool | None = None  # the backend's fast layout (channels-last); None: the device's default
+    heap_reuse: bool = True  # CPU: glibc keeps freed memory for reuse while the trainer lives (film.common.heap)
+    micro_batch: int | None = None  # samples per forward/backward, gradients added up; None: plan_step decides
+
+
+@dataclass
+class StepPlan:
+    """How a training step will run on this machine (``plan_step``)."""
+
+    micro_batch: int
+    recompute: str
+    heap_reuse: bool
+    need_bytes: int | None = None  # estimated peak resident memory of one process
+    avail_bytes: int | None = None  # what this process may use (MemAvailable / processes on the machine)
+
+    def describe(self, batch: int) -> str:
+        chunks = "" if self.micro_batch >= batch else f" in micro-batches of {self.micro_batch}"
+        mem = ""
+        if self.need_bytes is not None and self.avail_bytes is not None:
+            mem = f", estimated peak {self.need_bytes / 2**30:.1f} of {self.avail_bytes / 2**30:.1f} GiB available"
+        return (f"batch {batch}{chunks}, recompute {self.recompute}, heap reuse {'on' if self.heap_reuse else 'off'}"
+                f"{mem}")
+
+
+def _local_processes() -> int:
+    for k in ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"):
+        try:
+            return max(1, int(os.environ[k]))
+        except (KeyError, ValueError):
+            continue
+    return 1
+
+
+def plan_step(be, cfg, batch: int, h: int, w: int, device: str) -> StepPlan:
+    """Pick the micro-batch and the heap policy of a training step so that its estimated peak memory fits.
+
+    ``be``: the backend (its ``resolve_recompute`` and measured ``train_memory``: peak resident memory = fixed +
+    micro-batch x per-pixel x max(H x W, the 288x384 token grid), docs/training.md). ``batch``: samples per
+    step in this process. Fastest first: the heap reuse on (about 2x a step on CPU, but glibc's heap then holds
+    about twice the live maps) with the largest micro-batch that fits, then without it. Micro-batches give the
+    same mean-loss gradient only when the loss is a mean over samples, i.e. without the LpLssim term (its
+    L2 norm is a square root over the whole batch): then the batch runs whole or is refused. An explicit
+    ``cfg.micro_batch`` or recompute mode that does not fit is refused with one line naming what fits."""
+    from film.api import available_memory
+    from film.common.heap import enabled as heap_enabled
+
+    mode = be.resolve_recompute(getattr(cfg, "recompute", "auto"), device)
+    want = getattr(cfg, "micro_batch", None)
+    if want is not None and want < 1:
+        raise FilmError("--micro-batch must be at least 1")
+    heap = bool(getattr(cfg, "heap_reuse", True)) and device == "cpu" and heap_enabled()
+    exact = not getattr(cfg, "ssim_weight", 0)
+    avail = available_memory() if device == "cpu" and os.environ.get("FILM_SKIP_MEMORY_CHECK") != "1" else None
+    if avail is None:
+        return StepPlan(min(batch, want or batch), mode, heap)
+    avail //= _local_processes()
+    grid = 288 * 384
+
+    def need(m: int, rc: str, hp: bool) -> int:
+        fixed, per_px = be.train_memory(rc, hp)
+        return int(fixed + m * per_px * max(h * w, grid))
+
+    sizes = [min(batch, want)] if want else ([batch] if not exact else list(range(batch, 0, -1)))
+    for hp in ([True, False] if heap else [False]):
+        for m in sizes:
+            if need(m, mode, hp) <= avail:
+                return StepPlan(m, mode, hp, need(m, mode, hp), avail)
+    # nothing fits as asked: say what would
+    gib = 2**30
+    first = sizes[-1]
+    msg = (f"a training step at {h}x{w} with {first} sample(s) per forward and --recompute {mode} needs about "
+           f"{need(first, mode, False) / gib:.1f} GiB, but this process has {avail / gib:.1f} GiB")
+    fits = [m for m in range(batch, 0, -1) if need(m, mode, False) <= avail]
+    if want and fits and exact:
+        return_hint = f": use --micro-batch {fits[0]}"
+    elif not exact and fits:
+        return_hint = f": use --batch-size {fits[0]} (with the LpLssim term a batch cannot be split)"
+    elif mode != "all" and need(1, "all", False) <= avail:
+        return_hint = ": use --recompute all"
+    else:
+        return_hint = ": use smaller images (film prepare --small), a machine with more memory, or a GPU"
+    raise FilmError(msg + return_hint + " (FILM_SKIP_MEMORY_CHECK=1 to try anyway)")
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
@@ -133,10 +217,12 @@ def resume_state_errors(path: str):
         ) from None
 
 
-def resume_checkpoint(ck: object, path: str, model_cfg, to_numpy=lambda v: v) -> tuple[dict, TrainConfig]:
+def resume_checkpoint(
+    ck: object, path: str, model_cfg, to_numpy=lambda v: v, run_cfg=None
+) -> tuple[dict, TrainConfig]:
     """The validated weights of a training checkpoint (the official dict layout, either backend) and the
-    recipe its scheduler was built with (lr, StepLR step size and gamma). ``to_numpy`` converts the
-    backend's tensors."""
+    recipe its scheduler was built with (lr, StepLR step size and gamma), with the step options (recompute,
+    fast layout, heap reuse) of ``run_cfg`` when given. ``to_numpy`` converts the backend's tensors."""
     from film.common.checkpoint import unwrap, validate
 
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(ck, dict) or ck.get(k) is None]
@@ -159,6 +245,9 @@ def resume_checkpoint(ck: object, path: str, model_cfg, to_numpy=lambda v: v) ->
             step_size=int(sched.get("step_size", OFFICIAL_RECIPE.step_size)),
             gamma=float(sched.get("gamma", OFFICIAL_RECIPE.gamma)),
         )
+    for k in ("recompute", "fast", "heap_reuse", "seed"):
+        if run_cfg is not None and hasattr(run_cfg, k):
+            setattr(recipe, k, getattr(run_cfg, k))
     return sd, recipe
 
 
@@ -175,6 +264,29 @@ class TrainerBase:
     """What both backends' Trainers share (the interface: film/backends/base.py ``Trainer``)."""
 
     rank, world = 0, 1
+    _heap = None
+    impl = None  # the Backend module, set by its make_trainer
+
+    def hold_heap(self, cfg, on_cpu: bool) -> None:
+        """With ``cfg.heap_reuse`` on CPU: glibc keeps freed memory for reuse from now until ``close`` (a training
+        step frees and allocates the same ~100 MB maps hundreds of times; faulting them in again each time was
+        over half of a step, docs/training.md). Process-wide while the trainer lives: see film.common.heap."""
+        from film.common.heap import reuse_freed_memory
+
+        if self._heap is None and on_cpu and getattr(cfg, "heap_reuse", True):
+            self._heap = reuse_freed_memory()
+            self._heap.__enter__()
+
+    def plan(self, cfg, batch: int, h: int, w: int) -> StepPlan:
+        """plan_step for this trainer's backend and device (``self.impl``: the backend module)."""
+        if self.impl is None:
+            raise RuntimeError("a Trainer made by its backend's make_trainer knows its backend; this one was not")
+        return plan_step(self.impl, cfg, batch, h, w, self.device_type)
+
+    def release_heap(self) -> None:
+        if self._heap is not None:
+            heap, self._heap = self._heap, None
+            heap.__exit__(None, None, None)
 
     def setup(self, cfg) -> None:
         """Model and optimizer from ``cfg.init`` (any checkpoint format) or random, seeded; a bad --init fails
@@ -192,7 +304,12 @@ class RunLog:
 
     def __init__(self, run_dir: str, writer=None):
         self.path = os.path.join(run_dir, "log.txt")
+        self.steps = os.path.join(run_dir, "losses.jsonl")  # one JSON line per step, full precision (film curves)
         self.writer = writer
+
+    def step(self, record: dict) -> None:
+        with guarded_write(self.steps, "the loss record"), open(self.steps, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def line(self, msg: str, echo: bool = False) -> None:
         with guarded_write(self.path, "the training log"), open(self.path, "a") as f:
@@ -263,16 +380,37 @@ def train(cfg: TrainConfig, trainer) -> str:
             f"{cfg.h5}: {len(data)} samples, fewer than one batch of {cfg.batch_size} (drop_last)"
         )
     start_epoch, step = 0, 0
+    saved_epochs = None
+    if cfg.resume:
+        saved = read_run_params(cfg.resume)
+        for k in ("batch_size", "lr", "step_size", "gamma", "grad_weight", "ssim_weight", "seed"):
+            setattr(cfg, k, saved.get(k, getattr(cfg, k)))
+        saved_epochs = saved.get("epochs")
+        if cfg.epochs is None:
+            cfg.epochs = saved_epochs
+    if cfg.epochs is None:
+        cfg.epochs = OFFICIAL_RECIPE.epochs
+    h, w = (max(s[i] for s in sizes.values()) for i in (0, 1))
+    plan = trainer.plan(cfg, cfg.batch_size // world, h, w)  # refuses, in one line, a step that cannot fit
+    cfg.micro_batch, cfg.heap_reuse, cfg.recompute = plan.micro_batch, plan.heap_reuse, plan.recompute
+    if main:
+        print(f"film train: {plan.describe(cfg.batch_size // world)}", file=sys.stderr, flush=True)
     if cfg.resume:
         run_dir = cfg.resume
         found = latest_checkpoint(run_dir, trainer.ext)
         if found is None:
             raise FilmError(f"{run_dir}: no model/ckpt_<epoch>{trainer.ext} to resume from")
-        state = trainer.load_resume(found[0])
+        state = trainer.load_resume(found[0], cfg)
         start_epoch, step = state["epoch"] + 1, state["step"]
-        saved = read_run_params(run_dir)
-        for k in ("epochs", "batch_size", "lr", "step_size", "gamma", "grad_weight", "ssim_weight", "seed"):
-            setattr(cfg, k, saved.get(k, getattr(cfg, k)))
+        if start_epoch >= cfg.epochs:
+            raise FilmError(f"{run_dir}: already trained {start_epoch} of {cfg.epochs} epochs: pass --epochs N with "
+                            f"N > {start_epoch} to train it further (the StepLR schedule continues)")
+        if main and saved_epochs is not None and cfg.epochs != saved_epochs:
+            from film.common.safeio import atomic_write_bytes
+
+            params = {**read_run_params(run_dir), "epochs": cfg.epochs, "epoch": cfg.epochs}
+            atomic_write_bytes(os.path.join(run_dir, "param.json"), json.dumps(params, indent=2).encode())
+            print(f"film train: {run_dir}: {saved_epochs} -> {cfg.epochs} epochs", file=sys.stderr, flush=True)
     else:
         trainer.setup(cfg)  # a bad --init fails here, before a run folder exists
         run_dir = os.path.join(cfg.out, run_name(cfg))
@@ -326,6 +464,8 @@ def train(cfg: TrainConfig, trainer) -> str:
                         f"[loss_in: {parts['loss_in']:f}] [loss_grad: {parts['loss_grad']:f}] [lr: {lr:g}]"
                     )
                     log.line(msg)
+                    log.step({"step": step, "epoch": epoch + 1, "batch": i, "loss": loss, **parts, "lr": lr,
+                              "time": time.time()})
                     log.scalars(
                         step, {"loss/total": loss, **{f"loss/{k}": v for k, v in parts.items()}, "lr": lr}
                     )

@@ -3,67 +3,30 @@ tests/test_backend_interface.py checks it)."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
 
 from film.backends.jittor._jt import jt
+from film.backends.jittor.core import (  # noqa: F401 - part of the Backend interface
+    RECOMPUTE_BY_DEFAULT,
+    build_model,
+    fast_default,
+    is_fast,
+    load_state_dict,
+    resolve_device,
+    resolve_recompute,
+    set_fast,
+    state_dict_numpy,
+)
 from film.backends.jittor.model import Net
-from film.common.checkpoint import canonical_state_dict
 from film.common.heap import reuse_freed_memory
-from film.common.spec import OFFICIAL, FilmConfig, param_schema
+from film.common.spec import OFFICIAL, FilmConfig
 from film.errors import FilmError
 
 NAME = "jittor"
 
 
-def resolve_device(device: str = "auto") -> str:
-    if device == "auto":
-        device = "cuda" if jt.has_cuda else "cpu"
-    if device.startswith("cuda"):
-        if not jt.has_cuda:
-            raise FilmError(f"device {device!r} requested but Jittor was built without CUDA")
-        jt.flags.use_cuda = 1
-        return "cuda"
-    if device != "cpu":
-        raise FilmError(f"unknown device {device!r} for the jittor backend (cpu or cuda)")
-    jt.flags.use_cuda = 0
-    return "cpu"
-
-
 def set_deterministic() -> None:
     """Jittor has no TF32 switch; its float32 kernels are already full precision."""
-
-
-def build_model(cfg: FilmConfig = OFFICIAL, state_dict: dict | None = None, device: str = "auto") -> Net:
-    resolve_device(device)
-    model = Net(cfg)
-    if state_dict is not None:
-        load_state_dict(model, state_dict)
-    model.eval()
-    return model
-
-
-def load_state_dict(model: Net, state_dict: dict) -> None:
-    """Strict load (common canonical_state_dict: ``module.`` stripped, validated, float32); Jittor's own
-    load_state_dict only logs problems."""
-    arrays = canonical_state_dict(
-        state_dict, model.cfg, to_numpy=lambda v: v.numpy() if isinstance(v, jt.Var) else np.asarray(v)
-    )
-    own = model.state_dict()
-    schema = param_schema(model.cfg)
-    if set(own) != set(schema):  # a bug in model.py, not in the user's file
-        raise RuntimeError(
-            f"jittor Net parameters differ from the schema: {sorted(set(own) ^ set(schema))[:10]}"
-        )
-    for k in schema:
-        own[k].assign(jt.array(arrays[k]))
-    jt.sync_all()
-
-
-def state_dict_numpy(model: Net) -> OrderedDict[str, np.ndarray]:
-    own = model.state_dict()
-    return OrderedDict((k, own[k].numpy().copy()) for k in param_schema(model.cfg))
 
 
 def forward_numpy(
@@ -92,36 +55,34 @@ def describe() -> str:
     return f"jittor {jt.__version__}{where}"
 
 
-def set_fast(model: Net, fast: bool | None = True) -> Net:
-    """Jittor's fast inference layout: NHWC feature maps on oneDNN (model.py ``Net.uses_nhwc``). None: the
-    default (on when oneDNN runs the convolutions); False: NCHW. Training is NCHW either way."""
-    if fast and _onednn_ops() is None:
-        raise FilmError("the fast (NHWC) Jittor layout needs oneDNN, which Jittor is not using here: "
-                        + _onednn_status())
-    model._layout = None if fast is None else ("nhwc" if fast else "nchw")
-    return model
+# Peak CPU memory of one forward pass, as shipped (film bench --memory: the line fit over 256x256 ... 768x768,
+# benchmarks/results/*_cpu_memory.json, plus a few percent; docs/memory.md). Used by film.api.check_memory.
+INFERENCE_FIXED_BYTES = 400 * 2**20  # the 288x384 token grid and the weights, whatever the input size
+INFERENCE_BYTES_PER_PIXEL = 6_000
 
 
-def is_fast(model: Net) -> bool:
-    return bool(model.uses_nhwc())
+def inference_memory() -> tuple[int, int]:
+    return INFERENCE_FIXED_BYTES, INFERENCE_BYTES_PER_PIXEL
 
 
-def _onednn_ops():
-    from film.backends.jittor.ops import onednn
+# Peak resident memory of a CPU training step (film.common.training.plan_step): fixed + samples per forward x
+# per pixel x max(H x W, 288 x 384), per (recompute mode, heap reuse); measured at batch 2 and 4, 288x384, with
+# film bench --train-memory (benchmarks/results/*_cpu_train_memory.json), plus a few percent.
+TRAIN_MEMORY: dict[tuple[str, bool], tuple[int, int]] = {}
 
-    return onednn()
 
-
-def _onednn_status() -> str:
-    from film.backends.jittor.runtime import onednn_status
-
-    return onednn_status()
+def train_memory(recompute: str, heap_reuse: bool) -> tuple[int, int]:
+    return TRAIN_MEMORY[(recompute, bool(heap_reuse))]
 
 
 def make_trainer(device: str, model_cfg: FilmConfig = OFFICIAL):
+    import sys
+
     from film.backends.jittor.train import Trainer
 
-    return Trainer(device, model_cfg)
+    trainer = Trainer(device, model_cfg)
+    trainer.impl = sys.modules[__name__]  # this Backend (the trainer's memory plan reads its constants)
+    return trainer
 
 
 def check_launcher() -> None:
@@ -135,6 +96,14 @@ def check_launcher() -> None:
         )
 
 
+def prepare_launch(device: str, model_cfg: FilmConfig, cfg) -> None:
+    """Compile every operator of a training step once, in one process, before the ranks start (they then
+    only load finished libraries; train.precompile_training)."""
+    from film.backends.jittor.train import precompile_training
+
+    precompile_training(model_cfg, cfg, resolve_device(device))
+
+
 def launch_command(nproc: int, argv: list[str]) -> list[str]:
     """film train --nproc N: the same command under OpenMPI's mpirun (root: --allow-run-as-root; more
     ranks than cores: --oversubscribe)."""
@@ -142,7 +111,7 @@ def launch_command(nproc: int, argv: list[str]) -> list[str]:
     import shutil
     import sys
 
-    from film.backends.jittor.runtime import MPI_INSTALL_HINT, mpicc
+    from film.common.launch import MPI_INSTALL_HINT, mpicc
 
     mpirun = shutil.which("mpirun")
     if mpirun is None or mpicc() is None:
@@ -150,7 +119,7 @@ def launch_command(nproc: int, argv: list[str]) -> list[str]:
         raise FilmError(
             f"--nproc {nproc} with the jittor backend runs under MPI, but {missing} is not on PATH: {MPI_INSTALL_HINT}"
         )
-    cmd = [mpirun, "-np", str(nproc)]
+    cmd = [mpirun, "-np", str(nproc), "-x", "FILM_JITTOR_PRECOMPILED=1"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-run-as-root")  # OpenMPI refuses root without it
     if nproc > (os.cpu_count() or 1):
@@ -159,16 +128,18 @@ def launch_command(nproc: int, argv: list[str]) -> list[str]:
 
 
 def versions() -> dict:
-    return {"jittor": jt.__version__, "jittor_kernels": _onednn_status()}
+    from film.backends.jittor.runtime import onednn_status
 
-
-def fast_default(device: str) -> bool:
-    """The NHWC inference layout is the default wherever oneDNN runs Jittor's convolutions."""
-    return _onednn_ops() is not None
+    return {"jittor": jt.__version__, "jittor_kernels": onednn_status()}
 
 
 def reference_model(model: Net):
     """Jittor has no restatement of the official code (the official network is torch)."""
+    return None
+
+
+def float64_reference(model: Net) -> None:
+    """None: Jittor's compiled kernels (oneDNN, the NHWC loops) are float32 only; film parity uses torch's."""
     return None
 
 

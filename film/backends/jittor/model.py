@@ -14,7 +14,8 @@ import numpy as np
 from film.backends.jittor import ops
 from film.backends.jittor._jt import jt
 from film.common import forward as fw
-from film.common.spec import OFFICIAL, FilmConfig
+from film.common.checkpoint import canonical_state_dict
+from film.common.spec import OFFICIAL, FilmConfig, param_schema
 
 nn = jt.nn
 
@@ -108,7 +109,7 @@ class TransformerBlock(nn.Module):
         self.ffn = FeedForward(dim, ffn_expansion_factor, cfg.bias)
 
     def execute(self, x):
-        return fw.transformer_block(self, x)
+        return fw.transformer_block(self, ops, x)
 
 
 class MultiheadAttention(nn.Module):
@@ -191,29 +192,32 @@ class Net(nn.Module):
         self.restormer3 = TransformerBlock(m, cfg.decoder_num_heads, cfg.ffn_factor, cfg)
         self.conv1 = Conv2d(2 * m, m, kernel_size=1)
         self.conv2 = Conv2d(m, cfg.out_channel, kernel_size=1)
-        # None: NHWC for inference when oneDNN runs the convolutions, else NCHW. Training stays NCHW, as torch's
-        # does: in channels-last order the float32 weight gradients of the scalar PReLU slopes (sums over
-        # every pixel with heavy cancellation) land ~3x farther from float64 (docs/training.md)
+        # None: NHWC when oneDNN runs the convolutions (inference and training: every NHWC op has its
+        # gradient, ops.py), else NCHW; "nhwc" / "nchw" when set (backend.set_fast)
         self._layout: str | None = None
 
     def uses_nhwc(self) -> bool:
         if self._layout is not None:
             return self._layout == "nhwc"
-        return (
-            not self.is_training()
-            and ops.onednn() is not None
-            and os.environ.get("FILM_JITTOR_LAYOUT", "auto") != "nchw"
-        )
+        return ops.onednn() is not None and os.environ.get("FILM_JITTOR_LAYOUT", "auto") != "nchw"
 
     def execute(self, imageA, imageB, text, taps: dict | None = None):
         with ops.layout(self.uses_nhwc()):
             return fw.net(self, ops, imageA, imageB, text, taps)
 
     def load_state_dict(self, params) -> None:
-        """Strict: every schema tensor, nothing else, every shape (Jittor's own version only logs)."""
-        from film.backends.jittor.backend import load_state_dict
-
-        load_state_dict(self, params)
+        """Strict: every schema tensor, nothing else, every shape (common canonical_state_dict: ``module.``
+        stripped, validated, float32); Jittor's own load_state_dict only logs problems."""
+        arrays = canonical_state_dict(
+            params, self.cfg, to_numpy=lambda v: v.numpy() if isinstance(v, jt.Var) else np.asarray(v)
+        )
+        own = self.state_dict()
+        schema = param_schema(self.cfg)
+        if set(own) != set(schema):  # a bug in this file, not in the user's checkpoint
+            raise RuntimeError(f"jittor Net parameters differ from the schema: {sorted(set(own) ^ set(schema))[:10]}")
+        for k in schema:
+            own[k].assign(jt.array(arrays[k]))
+        jt.sync_all()
 
     def load(self, path_or_dict) -> None:
         """``model.load(jt.load(p)['model'])`` (a dict) or ``model.load(path)`` (any checkpoint format), strict."""

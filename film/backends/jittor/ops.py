@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 
 import numpy as np
 
@@ -16,29 +17,32 @@ from film.common.resize import nearest_index
 
 _index_cache: dict[tuple[int, ...], jt.Var] = {}
 
-# Memory order of image maps while a Net runs: NCHW, or NHWC (channels last) when the convolutions run on
-# oneDNN, whose NHWC kernels are ~2x its NCHW ones on FILM's depth-wise and 1x1 convolutions (measured:
-# docs/jittor_onednn.md). Set per forward by Net.execute (``layout``); sub-modules called on their own
-# (tests) see NCHW. Shapes seen by film.common.forward stay logical (B, C, H, W) through the accessors below.
-_NHWC = [False]
+# Memory order of image maps while a Net builds its graph: NCHW, or NHWC (channels last) when the convolutions
+# run on oneDNN, whose NHWC kernels are ~2x its NCHW ones on FILM's depth-wise and 1x1 convolutions (measured:
+# docs/jittor_onednn.md). The layout belongs to the model (Net.uses_nhwc): Net.execute enters it for the time
+# its graph is built (Jittor is lazy: the graph is all that depends on it), per thread, so two models of
+# different layouts, in turn or in two threads, never see each other's; recompute (below) re-enters the layout
+# of the forward it repeats. Sub-modules called on their own (tests) see NCHW. Shapes seen by
+# film.common.forward stay logical (B, C, H, W) through the accessors below.
+_state = threading.local()
 
 
 @contextlib.contextmanager
 def layout(nhwc: bool):
-    prev = _NHWC[0]
-    _NHWC[0] = bool(nhwc)
+    prev = getattr(_state, "nhwc", False)
+    _state.nhwc = bool(nhwc)
     try:
         yield
     finally:
-        _NHWC[0] = prev
+        _state.nhwc = prev
 
 
 def is_nhwc() -> bool:
-    return _NHWC[0]
+    return getattr(_state, "nhwc", False)
 
 
 def image_dims(x: jt.Var) -> tuple[int, int, int, int]:
-    if _NHWC[0]:
+    if is_nhwc():
         b, h, w, c = x.shape
         return b, c, h, w
     b, c, h, w = x.shape
@@ -50,7 +54,7 @@ def conv_split(x: jt.Var, pointwise, depthwise, sizes: tuple[int, ...]) -> tuple
     NHWC: slicing the innermost axis is a copy in Jittor, so each group is made by its own pair of
     convolutions over the matching output channels (a depth-wise convolution never mixes channels): the
     same numbers and work, no copies."""
-    if not _NHWC[0]:
+    if not is_nhwc():
         y = depthwise(pointwise(x))
         out, start = [], 0
         for n in sizes:
@@ -69,7 +73,7 @@ def conv_split(x: jt.Var, pointwise, depthwise, sizes: tuple[int, ...]) -> tuple
 
 
 def cat_channels(xs: list[jt.Var]) -> jt.Var:
-    return jt.concat(xs, 3 if _NHWC[0] else 1)
+    return jt.concat(xs, 3 if is_nhwc() else 1)
 
 
 _GRAM_ROWS = 4096  # pixel rows per float32 sgemm partial of the NHWC gram (partials summed in float64)
@@ -88,24 +92,56 @@ def qk_cosine(qk: jt.Var, heads: int, eps: float) -> jt.Var:
     The torch backend keeps the official float32 order instead, to reproduce the official rounding."""
     b, c2, h, w = image_dims(qk)
     c, d = c2 // 2, c2 // 2 // heads
-    if not _NHWC[0]:
+    if not is_nhwc():
         rows = l2_normalize(qk.reshape(b, 2, heads, d, h * w), eps)
         return gram(rows[:, 0], rows[:, 1])
-    pix = qk.reshape(b, h * w, c2)
-    gs = []
-    for i in range(b):
-        parts = [
-            onednn().mkl_matmul(blk, blk, True, False).float64()
-            for blk in (pix[i, s : s + _GRAM_ROWS] for s in range(0, h * w, _GRAM_ROWS))
-        ]
-        g = parts[0]
-        for p in parts[1:]:
-            g = g + p
-        gs.append(g)
-    g = jt.stack(gs) if b > 1 else gs[0].reshape(1, c2, c2)
+    g = _Gram.apply(qk.reshape(b, h * w, c2))
     norm = jt.maximum(jt.sqrt(g.reindex([b, c2], ["i0", "i1", "i1"])), eps)
     cross = g.reindex([b, heads, d, d], ["i0", f"i1*{d}+i2", f"{c}+i1*{d}+i3"])
     return (cross / (norm[:, :c].reshape(b, heads, d, 1) * norm[:, c:].reshape(b, heads, 1, d))).float32()
+
+
+class _Gram(jt.Function):
+    """G = P^T P of (B, N, K) float32 pixel rows -> (B, K, K) float64: float32 oneDNN sgemm partials over
+    _GRAM_ROWS rows, summed in float64 (the accuracy of qk_cosine's NHWC path). Backward: dP = P (dG + dG^T),
+    one float32 sgemm per sample."""
+
+    def execute(self, pix):
+        self.pix = pix
+        b, n, _ = pix.shape
+        gs = []
+        for i in range(b):
+            parts = [onednn().mkl_matmul(pix[i, s : s + _GRAM_ROWS], pix[i, s : s + _GRAM_ROWS], True, False).float64()
+                     for s in range(0, n, _GRAM_ROWS)]
+            g = parts[0]
+            for p in parts[1:]:
+                g = g + p
+            gs.append(g)
+        return _stack(gs)
+
+    def grad(self, dg):
+        sym = (dg + dg.transpose(0, 2, 1)).float32()
+        return _stack([onednn().mkl_matmul(self.pix[i], sym[i], False, False) for i in range(self.pix.shape[0])])
+
+
+def _stack(parts: list) -> jt.Var:
+    return jt.stack(parts) if len(parts) > 1 else parts[0].reshape(1, *parts[0].shape)
+
+
+class _RowsTimesMatT(jt.Function):
+    """out[i] = pix[i] @ mats[i]^T for (B, N, K) rows and (B, M, K) matrices, one oneDNN sgemm per sample;
+    backward: dpix[i] = dout[i] @ mats[i], dmats[i] = dout[i]^T @ pix[i] (sgemm too; no full-size zero maps
+    that per-sample slicing of a graph would add)."""
+
+    def execute(self, pix, mats):
+        self.pix, self.mats = pix, mats
+        return _stack([onednn().mkl_matmul(pix[i], mats[i], False, True) for i in range(pix.shape[0])])
+
+    def grad(self, dout):
+        n = self.pix.shape[0]
+        dpix = _stack([onednn().mkl_matmul(dout[i], self.mats[i], False, False) for i in range(n)])
+        dmats = _stack([onednn().mkl_matmul(dout[i], self.pix[i], True, False) for i in range(n)])
+        return dpix, dmats
 
 
 def attend_project(attn: jt.Var, v: jt.Var, project_out) -> jt.Var:
@@ -117,7 +153,7 @@ def attend_project(attn: jt.Var, v: jt.Var, project_out) -> jt.Var:
     b, c, h, w = image_dims(v)
     heads = attn.shape[1]
     d = c // heads
-    if not _NHWC[0]:
+    if not is_nhwc():
         return project_out(matmul(attn, v.reshape(b, heads, d, h * w)).reshape(b, c, h, w))
     # block_diag[b, i, j] = attn[b, i/d, i%d, j%d] where i/d == j/d, else 0
     block_diag = attn.reindex(
@@ -125,17 +161,17 @@ def attend_project(attn: jt.Var, v: jt.Var, project_out) -> jt.Var:
     )
     weight = project_out.weight.reshape(project_out.weight.shape[0], c)
     pix = v.reshape(b, h * w, c)
-    outs = [onednn().mkl_matmul(pix[i], jt.matmul(weight, block_diag[i]), False, True) for i in range(b)]
-    out = (jt.stack(outs) if b > 1 else outs[0].reshape(1, h * w, -1)).reshape(b, h, w, -1)
+    mats = jt.matmul(weight, block_diag)  # (B, C_out, C): weight @ block_diag[i] per sample
+    out = _RowsTimesMatT.apply(pix, mats).reshape(b, h, w, -1)
     return out if project_out.bias is None else out + project_out.bias
 
 
 def to_nchw(x: jt.Var) -> jt.Var:
-    return x.transpose(0, 3, 1, 2) if _NHWC[0] else x
+    return x.transpose(0, 3, 1, 2) if is_nhwc() else x
 
 
 def from_nchw(x: jt.Var) -> jt.Var:
-    return x.transpose(0, 2, 3, 1) if _NHWC[0] else x
+    return x.transpose(0, 2, 3, 1) if is_nhwc() else x
 
 
 def _index(in_size: int, out_size: int) -> jt.Var:
@@ -153,7 +189,7 @@ def resize_nearest(x: jt.Var, size: tuple[int, int]) -> jt.Var:
     b, c, h, w = image_dims(x)
     if (h, w) == tuple(size):
         return x
-    if _NHWC[0]:
+    if is_nhwc():
         key = (h, w, size[0], size[1])
         flat = _index_cache.get(key)
         if flat is None:
@@ -169,7 +205,7 @@ def resize_nearest(x: jt.Var, size: tuple[int, int]) -> jt.Var:
 
 def layer_norm_withbias(x: jt.Var, weight: jt.Var, bias: jt.Var, eps: float) -> jt.Var:
     # in NHWC the channels are the innermost axis: a contiguous reduction, per-channel affine broadcasts as is
-    axis, shape = (3, (-1,)) if _NHWC[0] else (1, (-1, 1, 1))
+    axis, shape = (3, (-1,)) if is_nhwc() else (1, (-1, 1, 1))
     mu = x.mean(axis, keepdims=True)
     xc = x - mu
     var = (xc * xc).mean(axis, keepdims=True)
@@ -207,10 +243,40 @@ for (int r = 0; r < R; r++) {
 """
 
 
+# Its gradient, row by row: dx = y * (dy - sum(y * dy)), the row sum in float64.
+_SOFTMAX_ROWS_GRAD = r"""
+const int R = in0_shape0, N = in0_shape1;
+#pragma omp parallel for
+for (int r = 0; r < R; r++) {
+  const float* __restrict__ y = in0_p + (size_t)r * N;
+  const float* __restrict__ g = in1_p + (size_t)r * N;
+  float* __restrict__ dx = out0_p + (size_t)r * N;
+  double s = 0;
+  for (int n = 0; n < N; n++) s += (double)y[n] * g[n];
+  const float sf = (float)s;
+  for (int n = 0; n < N; n++) dx[n] = y[n] * (g[n] - sf);
+}
+"""
+
+
+class _SoftmaxRows(jt.Function):
+    """Softmax of float32 rows (R, N) on CPU as compiled loops, forward and backward (_SOFTMAX_ROWS*): in
+    training the cross-attention's (B, 8, L, 13824) scores took ~0.9 s per Jittor fused op, three per call."""
+
+    def execute(self, rows):
+        self.y = jt.code(rows.shape, rows.dtype, [rows], cpu_src=_SOFTMAX_ROWS)
+        return self.y
+
+    def grad(self, dy):
+        return jt.code(dy.shape, dy.dtype, [self.y, dy], cpu_src=_SOFTMAX_ROWS_GRAD)
+
+
 def softmax(x: jt.Var) -> jt.Var:
-    if jt.flags.no_grad and not jt.flags.use_cuda and x.dtype == jt.float32:
+    if not jt.flags.use_cuda and x.dtype == jt.float32:
         rows = x.reshape(-1, x.shape[-1])
-        return jt.code(rows.shape, rows.dtype, [rows], cpu_src=_SOFTMAX_ROWS).reshape(x.shape)
+        out = jt.code(rows.shape, rows.dtype, [rows], cpu_src=_SOFTMAX_ROWS) if jt.flags.no_grad else (
+            _SoftmaxRows.apply(rows))
+        return out.reshape(x.shape)
     e = jt.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
 
@@ -228,8 +294,22 @@ def bmm(a: jt.Var, b: jt.Var) -> jt.Var:
     lead = a.shape[:-2]
     n = int(np.prod(lead))
     a2, b2 = a.reshape(n, a.shape[-2], a.shape[-1]), b.reshape(n, b.shape[-2], b.shape[-1])
-    out = jt.stack([jt.matmul(a2[i], b2[i]) for i in range(n)]) if n > 1 else jt.matmul(a2[0], b2[0])[None]
-    return out.reshape(*lead, a.shape[-2], b.shape[-1])
+    return _Bmm.apply(a2, b2).reshape(*lead, a.shape[-2], b.shape[-1])
+
+
+class _Bmm(jt.Function):
+    """(n, M, K) @ (n, K, N) as n oneDNN sgemms, forward and backward (da = dc b^T, db = a^T dc): slicing a
+    graph per batch entry would make Jittor's backward write each slice's gradient into a full-size zero map."""
+
+    def execute(self, a, b):
+        self.a, self.b = a, b
+        return _stack([onednn().mkl_matmul(a[i], b[i], False, False) for i in range(a.shape[0])])
+
+    def grad(self, dc):
+        n = self.a.shape[0]
+        da = _stack([onednn().mkl_matmul(dc[i], self.b[i], False, True) for i in range(n)])
+        db = _stack([onednn().mkl_matmul(self.a[i], dc[i], True, False) for i in range(n)])
+        return da, db
 
 
 def attention(q: jt.Var, k: jt.Var, v: jt.Var) -> jt.Var:
@@ -260,6 +340,46 @@ def mean_keepdim(x: jt.Var, dim: int) -> jt.Var:
 
 def detach(x: jt.Var) -> jt.Var:
     return x.detach()
+
+
+class _Recompute(jt.Function):
+    """``fn(*xs)`` without keeping its insides: the forward runs without a graph, and the backward runs it again
+    with one and differentiates that (Jittor has no torch.utils.checkpoint). Arguments: fn, the layout of the
+    forward, the parameters fn uses (their gradients come out of the recomputation), n = len(xs), then xs and
+    the same parameters as Vars (so that Jittor routes their gradients through this function)."""
+
+    def execute(self, fn, nhwc, params, n, *vs):
+        self.fn, self.nhwc, self.params, self.xs = fn, nhwc, params, vs[:n]
+        with jt.no_grad(), layout(nhwc):
+            return fn(*self.xs)
+
+    def grad(self, dout):
+        with jt.flag_scope(no_grad=0), layout(self.nhwc):
+            # Jittor runs the whole backward as one lazy graph, in an order of its choosing: left alone it runs
+            # every recomputation early and keeps them all (measured: 2x the peak). Each one is therefore made
+            # to wait for its own output gradient (+ 0 * one element of it: an exact no-op on finite values).
+            later = dout.detach().reshape(-1)[0:1] * 0.0
+            xs = [(x.detach() + later.cast(x.dtype)).start_grad() for x in self.xs]  # fresh leaves
+            out = self.fn(*xs)
+            grads = jt.grad((out * dout.detach()).sum(), xs + list(self.params))
+            # and the gradients of the inputs wait for those of the parameters, so that the parameters'
+            # gradient products (which need the recomputed maps) are not put off to the end, keeping every
+            # unit's maps alive until then
+            done = None
+            for g in grads[len(xs) :]:
+                one = g.reshape(-1)[0:1].cast("float32") * 0.0
+                done = one if done is None else done + one
+            if done is not None:
+                grads = [g + done.cast(g.dtype) for g in grads[: len(xs)]] + list(grads[len(xs) :])
+        return (None, None, None, None, *grads)
+
+
+def recompute(fn, modules: list, *xs: jt.Var) -> jt.Var:
+    """``fn(*xs)`` whose insides are recomputed in the backward pass (_Recompute)."""
+    if jt.flags.no_grad:
+        return fn(*xs)
+    params = [p for m in modules for p in m.parameters()]
+    return _Recompute.apply(fn, is_nhwc(), params, len(xs), *xs, *params)
 
 
 def onednn():
@@ -320,18 +440,82 @@ for (int i = 0; i < H; i++) {
 """
 
 
+# The weight and bias gradients of the depth-wise 3x3 over an NHWC map: per channel, sums over every pixel of
+# x (shifted by the tap) * dy, and of dy. Each image row is summed in float32 (vectorised over channels), the
+# rows in float64 per thread, the threads' partials added at the end: these sums run over ~10^5 terms per
+# channel, where a running float32 sum would be ~10x less accurate than torch's (JITTOR_NOTES).
+_DW3X3_NHWC_GRAD_W_HEADER = "#include <vector>\n#include <cstring>\n#include <algorithm>\n"
+_DW3X3_NHWC_GRAD_W = r"""
+@alias(x, in0)
+@alias(dy, in1)
+@alias(out, out0)
+const int B = x_shape0, H = x_shape1, W = x_shape2, C = x_shape3;
+double* __restrict__ acc = out_p;
+std::memset(acc, 0, sizeof(double) * 10 * C);
+#pragma omp parallel
+{
+  std::vector<double> part(10 * C, 0.0);
+  std::vector<float> row(10 * C);
+  #pragma omp for collapse(2) schedule(static)
+  for (int b = 0; b < B; b++)
+  for (int i = 0; i < H; i++) {
+    std::fill(row.begin(), row.end(), 0.0f);
+    for (int j = 0; j < W; j++) {
+      const float* __restrict__ g = dy_p + ((size_t)(b * H + i) * W + j) * C;
+      float* __restrict__ rb = row.data() + 9 * C;
+      for (int c = 0; c < C; c++) rb[c] += g[c];
+      for (int di = -1; di <= 1; di++) {
+        const int ii = i + di;
+        if (ii < 0 || ii >= H) continue;
+        for (int dj = -1; dj <= 1; dj++) {
+          const int jj = j + dj;
+          if (jj < 0 || jj >= W) continue;
+          const float* __restrict__ xi = x_p + ((size_t)(b * H + ii) * W + jj) * C;
+          float* __restrict__ rk = row.data() + ((di + 1) * 3 + (dj + 1)) * C;
+          for (int c = 0; c < C; c++) rk[c] += xi[c] * g[c];
+        }
+      }
+    }
+    for (int k = 0; k < 10 * C; k++) part[k] += row[k];
+  }
+  #pragma omp critical
+  for (int k = 0; k < 10 * C; k++) acc[k] += part[k];
+}
+"""
+
+
+class _DepthwiseNHWC(jt.Function):
+    """Depth-wise 3x3 (padding 1) of an NHWC map with its gradient: dx is the same loop over dy with the taps
+    turned by 180 degrees (the transposed convolution of a stride-1, pad-1 correlation), dw and db the float64
+    sums of _DW3X3_NHWC_GRAD_W."""
+
+    def execute(self, x, taps, bias):
+        self.x, self.taps = x, taps
+        return jt.code(x.shape, x.dtype, [x, taps, bias], cpu_src=_DW3X3_NHWC)
+
+    def grad(self, dy):
+        c = self.x.shape[3]
+        turned = self.taps.reindex([9, c], ["8-i0", "i1"])  # tap (di, dj) -> (-di, -dj)
+        dx = jt.code(dy.shape, dy.dtype, [dy, turned, jt.zeros((c,), dtype=dy.dtype)], cpu_src=_DW3X3_NHWC)
+        sums = jt.code((10, c), "float64", [self.x, dy], cpu_header=_DW3X3_NHWC_GRAD_W_HEADER,
+                       cpu_src=_DW3X3_NHWC_GRAD_W).float32()
+        return dx, sums[:9], sums[9]
+
+
 def depthwise3x3_nhwc(x: jt.Var, weight: jt.Var, bias: jt.Var | None) -> jt.Var:
-    """Depth-wise 3x3 convolution, padding 1, of an NHWC map (inference: no gradient)."""
+    """Depth-wise 3x3 convolution, padding 1, of an NHWC map (gradients: _DepthwiseNHWC)."""
     c = x.shape[3]
     taps = weight.reshape(c, 9).transpose(1, 0)  # (9, C): one contiguous row of channel weights per tap
     b = bias if bias is not None else jt.zeros((c,), dtype=x.dtype)
-    return jt.code(x.shape, x.dtype, [x, taps, b], cpu_src=_DW3X3_NHWC)
+    if jt.flags.no_grad:
+        return jt.code(x.shape, x.dtype, [x, taps, b], cpu_src=_DW3X3_NHWC)
+    return _DepthwiseNHWC.apply(x, taps, b)
 
 
 def conv2d_onednn(x: jt.Var, weight: jt.Var, bias: jt.Var | None, padding: int, groups: int) -> jt.Var:
     """Stride-1, dilation-1 convolution with symmetric padding on oneDNN (needs use_mkl=1), in the current
     layout (NCHW, or NHWC inside a channels-last Net forward)."""
-    nhwc = _NHWC[0]
+    nhwc = is_nhwc()
     if nhwc and weight.shape[2:] == (1, 1) and groups == 1 and padding == 0:
         # 1x1 in NHWC is a plain (B*H*W, Cin) @ (Cin, Cout) product: oneDNN sgemm with Jittor's own gradient
         b, h, w, c = x.shape

@@ -32,32 +32,10 @@ import shutil
 import subprocess
 import sys
 
+from film.common.launch import MPI_INSTALL_HINT, has_nvidia_gpu, mpi_world_size, mpicc
 from film.errors import FilmError
 
 _imported = None
-
-
-def has_nvidia_gpu() -> bool:
-    return bool(glob.glob("/dev/nvidia[0-9]*")) and shutil.which("nvidia-smi") is not None
-
-
-MPI_INSTALL_HINT = "install OpenMPI: apt-get install openmpi-bin libopenmpi-dev (Debian/Ubuntu)"
-
-
-def mpi_world_size() -> int:
-    """Processes in this mpirun job (1 when not started by OpenMPI's mpirun)."""
-    try:
-        return int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))
-    except ValueError:
-        return 1
-
-
-def mpicc() -> str | None:
-    """The mpicc Jittor compiles its MPI ops with (its ``mpicc_path`` variable, else PATH), or None."""
-    path = os.environ.get("mpicc_path")
-    if path is not None:
-        return path if path and os.path.exists(path) else None
-    return shutil.which("mpicc")
 
 
 def check_mpi() -> None:
@@ -334,7 +312,27 @@ def import_jittor(device: str = "auto"):
             "the jittor backend needs jittor, which is not installed: pip install 'film-fusion[jittor]'"
         ) from None
     _imported = jittor
+    restore_signal_handlers()
     return jittor
+
+
+def restore_signal_handlers() -> None:
+    """Undo what Jittor's import does to the process's signals (main thread only; elsewhere Python cannot):
+
+    * SIGINT: Jittor's handler logs "Caught SIGINT, quick exit" and ends the process with code 1 at once, so
+      Ctrl-C skipped film's "interrupted" line, exit code 130 and every cleanup (temporary files). Python's own
+      handler is back: KeyboardInterrupt, as with the torch backend.
+    * SIGCHLD: Jittor quick-exits the whole process, code 1, when *any* child process dies of a signal. A test
+      run that times out a subprocess, a launcher whose worker is killed, or a compiler killed for memory then
+      ended the parent (pytest itself: exit 1, no summary line). The default (ignore) is back.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
 if __name__ == "__main__":  # python -m film.backends.jittor.runtime: compile/check Jittor once

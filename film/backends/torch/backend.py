@@ -5,29 +5,29 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections import OrderedDict
 
 import numpy as np
 import torch
 
+from film.backends.torch.core import (  # noqa: F401 - part of the Backend interface
+    FAST_BY_DEFAULT,
+    RECOMPUTE_BY_DEFAULT,
+    build_model,
+    fast_default,
+    input_format,
+    is_fast,
+    load_state_dict,
+    resolve_device,
+    resolve_recompute,
+    set_fast,
+    state_dict_numpy,
+)
 from film.backends.torch.model import Net
-from film.common.checkpoint import canonical_state_dict
 from film.common.heap import reuse_freed_memory
-from film.common.spec import OFFICIAL, FilmConfig, param_schema
+from film.common.spec import OFFICIAL, FilmConfig
 from film.errors import FilmError
 
 NAME = "torch"
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FilmError(f"device {device!r} requested but torch sees no CUDA GPU")
-    try:
-        return torch.device(device)
-    except RuntimeError as e:
-        raise FilmError(f"unknown device {device!r} ({e})") from None
 
 
 def set_deterministic() -> None:
@@ -36,57 +36,24 @@ def set_deterministic() -> None:
     torch.backends.cudnn.allow_tf32 = False
 
 
-def build_model(cfg: FilmConfig = OFFICIAL, state_dict: dict | None = None, device: str = "auto") -> Net:
-    """A ``Net`` in eval mode on ``device``; ``state_dict`` (numpy, canonical names) is loaded strictly."""
-    model = Net(cfg)
-    if state_dict is not None:
-        load_state_dict(model, state_dict)
-    return model.to(resolve_device(device)).eval()
+# Peak CPU memory of one forward pass, as shipped (film bench --memory: the line fit over 256x256 ... 768x768,
+# benchmarks/results/*_cpu_memory.json, plus a few percent; docs/memory.md). Used by film.api.check_memory.
+INFERENCE_FIXED_BYTES = 400 * 2**20  # the 288x384 token grid and the weights, whatever the input size
+INFERENCE_BYTES_PER_PIXEL = 8_700
 
 
-# Whether load_fuser / film fuse use channels_last by default, per device type. CPU: measured 1.5-1.8x the
-# official-style forward at 288x384-480x640, 4-8e-6 from its output (benchmarks/results, tests/test_golden.py).
-# CUDA: not measured yet (no GPU session so far) -- `film bench --device cuda` times both layouts; flip it
-# here when channels_last wins there too.
-FAST_BY_DEFAULT = {"cpu": True, "cuda": False}
+def inference_memory() -> tuple[int, int]:
+    return INFERENCE_FIXED_BYTES, INFERENCE_BYTES_PER_PIXEL
 
 
-def fast_default(device: str | torch.device) -> bool:
-    return FAST_BY_DEFAULT.get(torch.device(device if device != "auto" else resolve_device()).type, False)
+# Peak resident memory of a CPU training step (film.common.training.plan_step): fixed + samples per forward x
+# per pixel x max(H x W, 288 x 384), per (recompute mode, heap reuse); measured at batch 2 and 4, 288x384, with
+# film bench --train-memory (benchmarks/results/*_cpu_train_memory.json), plus a few percent.
+TRAIN_MEMORY: dict[tuple[str, bool], tuple[int, int]] = {}
 
 
-def set_fast(model: Net, fast: bool | None = True) -> Net:
-    """``fast``: True, False, or None for the device's default (``FAST_BY_DEFAULT``). Speed mode: channels_last (NHWC) convolutions, which oneDNN runs much faster than NCHW for the
-    depthwise and 1x1 convs that dominate FILM. The reductions over H*W in the attention are made on
-    contiguous copies and LayerNorm is the fused kernel on an NHWC view (``ops.py``), so outputs stay
-    4-8e-6 from the official-style float32 forward (same order as its own float32 error), not bit-for-bit."""
-    if fast is None:
-        fast = fast_default(next(model.parameters()).device)
-    model.to(memory_format=torch.channels_last if fast else torch.contiguous_format)
-    model._film_fast = fast
-    return model
-
-
-def is_fast(model: Net) -> bool:
-    return bool(getattr(model, "_film_fast", False))
-
-
-def input_format(model: Net) -> torch.memory_format:
-    """The layout the model's image inputs should have (channels_last in fast mode)."""
-    return torch.channels_last if is_fast(model) else torch.contiguous_format
-
-
-def load_state_dict(model: Net, state_dict: dict) -> None:
-    """Strict load (common canonical_state_dict: ``module.`` stripped, validated, float32)."""
-    arrays = canonical_state_dict(
-        state_dict, model.cfg, to_numpy=lambda v: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
-    )
-    model.load_state_dict(OrderedDict((k, torch.from_numpy(v)) for k, v in arrays.items()), strict=True)
-
-
-def state_dict_numpy(model: Net) -> OrderedDict[str, np.ndarray]:
-    sd = model.state_dict()
-    return OrderedDict((k, sd[k].detach().cpu().numpy().copy()) for k in param_schema(model.cfg))
+def train_memory(recompute: str, heap_reuse: bool) -> tuple[int, int]:
+    return TRAIN_MEMORY[(recompute, bool(heap_reuse))]
 
 
 def forward_numpy(
@@ -117,15 +84,19 @@ def describe() -> str:
 
 
 def make_trainer(device: str, model_cfg: FilmConfig = OFFICIAL):
+    import sys
+
     from film.backends.torch.train import Trainer
 
-    return Trainer(device, model_cfg)
+    trainer = Trainer(device, model_cfg)
+    trainer.impl = sys.modules[__name__]  # this Backend (the trainer's memory plan reads its constants)
+    return trainer
 
 
 def check_launcher() -> None:
     """torch trains under torchrun; under OpenMPI's mpirun every rank would train alone on the whole batch
     and write into one run folder."""
-    from film.backends.jittor.runtime import mpi_world_size  # framework-free
+    from film.common.launch import mpi_world_size
 
     if mpi_world_size() > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         raise FilmError(
@@ -140,6 +111,10 @@ def launch_command(nproc: int, argv: list[str]) -> list[str]:
 
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
             "-m", "film", *argv]
+
+
+def prepare_launch(device: str, model_cfg: FilmConfig, cfg) -> None:
+    """Nothing to prepare: torch compiles nothing at run time."""
 
 
 def versions() -> dict:
@@ -162,6 +137,12 @@ class _OfficialStyle(torch.nn.Module):
 
 def reference_model(model: Net):
     return _OfficialStyle(model)
+
+
+def float64_reference(model: Net) -> Net:
+    import copy
+
+    return set_fast(copy.deepcopy(model), False).double()
 
 
 def gpu_memory_mb(reset: bool = False) -> float | None:

@@ -76,7 +76,7 @@ class TransformerBlock(nn.Module):
         self.ffn = FeedForward(dim, ffn_expansion_factor, cfg.bias)
 
     def forward(self, x):
-        return fw.transformer_block(self, x)
+        return fw.transformer_block(self, ops, x)
 
 
 class MultiheadAttention(nn.Module):

@@ -139,6 +139,16 @@ def detach(x: torch.Tensor) -> torch.Tensor:
     return x.detach()
 
 
+def recompute(fn, modules: list, *xs: torch.Tensor) -> torch.Tensor:
+    """``fn(*xs)`` whose insides are recomputed in the backward pass (torch.utils.checkpoint, non-reentrant,
+    which finds the parameters ``fn`` uses by itself; FILM has no randomness to replay)."""
+    if not torch.is_grad_enabled():
+        return fn(*xs)
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(fn, *xs, use_reentrant=False, preserve_rng_state=False)
+
+
 # Memory-order accessors of film.common.forward. torch keeps image maps logically NCHW in every layout
 # (channels_last is a stride pattern, not a shape), so these are plain NCHW reshapes and identities.
 

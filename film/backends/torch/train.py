@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections import OrderedDict
 
+import numpy as np
 import torch
 
 from film.backends.torch import ops
-from film.backends.torch.backend import build_model, resolve_device, state_dict_numpy
+from film.backends.torch.core import (
+    build_model,
+    input_format,
+    resolve_device,
+    resolve_recompute,
+    set_fast,
+    state_dict_numpy,
+)
 from film.common import loss as L
+from film.common.recompute import set_recompute
 from film.common.safeio import atomic_path
 from film.common.spec import DATAPARALLEL_PREFIX, OFFICIAL, OFFICIAL_RECIPE
 from film.common.training import TrainerBase, resume_checkpoint, resume_state_errors, steplr_state
@@ -25,7 +35,7 @@ class Trainer(TrainerBase):
     def __init__(self, device: str = "auto", model_cfg=OFFICIAL):
         self.device = resolve_device(device)
         self.model_cfg = model_cfg
-        self.model = None
+        self.model = self.forward = None  # set by build
         self.rank, self.world = 0, 1
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun
             self._init_distributed()
@@ -53,6 +63,10 @@ class Trainer(TrainerBase):
             return None
         return SummaryWriter(run_dir)
 
+    @property
+    def device_type(self) -> str:
+        return self.device.type
+
     def share(self, obj):
         """Rank 0's value of ``obj`` on every rank (e.g. the run folder name, which holds a timestamp)."""
         if self.world == 1:
@@ -70,7 +84,8 @@ class Trainer(TrainerBase):
             dist.barrier()
 
     def close(self) -> None:
-        """End the process group started for torchrun (nothing to do in one process)."""
+        """End the process group started for torchrun (nothing to do in one process); glibc's heap settings back."""
+        self.release_heap()
         if self.world > 1:
             import torch.distributed as dist
 
@@ -80,6 +95,11 @@ class Trainer(TrainerBase):
     def build(self, cfg, init_sd=None):
         torch.manual_seed(cfg.seed)
         self.model = build_model(self.model_cfg, init_sd, str(self.device)).train()
+        # channels_last on CPU (2x an NCHW step, gradients as close to float64: docs/training.md), activation
+        # recomputation (film.common.recompute) and heap reuse, each as cfg asks (film train's defaults)
+        set_fast(self.model, getattr(cfg, "fast", None))
+        set_recompute(self.model, resolve_recompute(getattr(cfg, "recompute", "auto"), self.device.type))
+        self.hold_heap(cfg, self.device.type == "cpu")
         self.forward = self.model
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -98,31 +118,45 @@ class Trainer(TrainerBase):
         for g in self.opt.param_groups:  # the shared schedule (training.lr_at)
             g["lr"] = lr
 
+    def _inputs(self, a, b, t, dtype=None):
+        fmt = input_format(self.model)
+        a_, b_, t_ = (torch.from_numpy(x).to(self.device, dtype) for x in (a, b, t))
+        return a_.contiguous(memory_format=fmt), b_.contiguous(memory_format=fmt), t_
+
     def step(self, a, b, t, cfg):
-        dev = self.device
-        a_, b_, t_ = (torch.from_numpy(x).to(dev) for x in (a, b, t))
-        fused = self.forward(a_, b_, t_)
-        loss, parts = compute_loss(a_, b_, fused, cfg)
+        """One optimizer step on the batch (a, b, t). With ``cfg.micro_batch`` = m < batch, the batch runs in
+        chunks of m whose gradients add up (each chunk's mean loss weighted by its share of the batch: the same
+        mean-loss gradient, since FILM treats samples independently), so memory follows m, not the batch."""
+        n = len(a)
+        m = min(n, getattr(cfg, "micro_batch", None) or n)
         self.opt.zero_grad()
-        loss.backward()
+        total, outs = None, []
+        starts = list(range(0, n, m))
+        for k, s in enumerate(starts):
+            a_, b_, t_ = self._inputs(a[s : s + m], b[s : s + m], t[s : s + m])
+            share = len(a_) / n
+            last = k == len(starts) - 1
+            # DDP all-reduces the gradients once, after the last chunk
+            sync = contextlib.nullcontext() if last or self.world == 1 else self.forward.no_sync()
+            with sync:
+                fused = self.forward(a_, b_, t_)
+                loss, parts = compute_loss(a_, b_, fused, cfg)
+                (loss if share == 1 else loss * share).backward()
+            rep = torch.stack([loss.detach(), *(v.detach() for v in parts.values())]) * share
+            total = rep if total is None else total + rep
+            outs.append(fused.detach().cpu().numpy())
         self.opt.step()
-        report = torch.stack([loss.detach(), *(v.detach() for v in parts.values())])
         if self.world > 1:  # log the global batch's loss, identical on every rank (the NaN stop agrees too)
             import torch.distributed as dist
 
-            dist.all_reduce(report)
-            report /= self.world
-        report = report.cpu().tolist()
-        return (
-            report[0],
-            dict(zip(parts, report[1:])),
-            fused.detach().cpu().numpy(),
-        )
+            dist.all_reduce(total)
+            total /= self.world
+        report = total.cpu().tolist()
+        return report[0], dict(zip(parts, report[1:])), np.concatenate(outs) if len(outs) > 1 else outs[0]
 
     def gradients(self, a, b, t, cfg) -> tuple[float, dict]:
         """Loss and every parameter's gradient for one batch (no optimizer step); float64 if the model is."""
-        dt = next(self.model.parameters()).dtype
-        a_, b_, t_ = (torch.from_numpy(x).to(self.device, dt) for x in (a, b, t))
+        a_, b_, t_ = self._inputs(a, b, t, next(self.model.parameters()).dtype)
         self.opt.zero_grad()
         loss, _ = compute_loss(a_, b_, self.model(a_, b_, t_), cfg)
         loss.backward()
@@ -137,7 +171,7 @@ class Trainer(TrainerBase):
         """The official training dict, DataParallel keys; written to a temp file, then renamed (rank 0 only)."""
         sd = self.model.state_dict()
         ckpt = {
-            "model": OrderedDict((DATAPARALLEL_PREFIX + k, v) for k, v in sd.items()),
+            "model": OrderedDict((DATAPARALLEL_PREFIX + k, v.contiguous()) for k, v in sd.items()),  # NCHW order
             "optimizer1": self.opt.state_dict(),
             "lr_schedule1": steplr_state(self.recipe, epoch),
             "epoch": epoch,
@@ -148,7 +182,7 @@ class Trainer(TrainerBase):
                 torch.save(ckpt, tmp)
         self.barrier()
 
-    def load_resume(self, path: str) -> dict:
+    def load_resume(self, path: str, cfg=None) -> dict:
         try:
             ck = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # unreadable or unsafe
@@ -156,7 +190,7 @@ class Trainer(TrainerBase):
                 f"{path}: cannot resume from this checkpoint ({str(e).splitlines()[0][:200]})"
             ) from None
         sd, recipe = resume_checkpoint(
-            ck, path, self.model_cfg, to_numpy=lambda v: v.numpy() if isinstance(v, torch.Tensor) else v
+            ck, path, self.model_cfg, to_numpy=lambda v: v.numpy() if isinstance(v, torch.Tensor) else v, run_cfg=cfg
         )
         with resume_state_errors(path):
             self.build(recipe, sd)
