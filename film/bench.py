@@ -73,6 +73,10 @@ def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, 
     from film.common.training import TrainConfig
 
     backend, fast, official = IMPLS[impl]
+    if not official and not train:  # as film fuse runs (its process keeps freed memory; film.common.heap)
+        from film.common.heap import enable_for_process
+
+        enable_for_process()
     be = get_backend(backend, device)
     be.set_deterministic()
     sd = random_state_dict(seed=0)

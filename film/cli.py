@@ -146,7 +146,7 @@ def cmd_train(args) -> int:
         step_size=args.step_size, gamma=args.gamma, grad_weight=args.grad_weight, ssim_weight=args.ssim_weight,
         seed=args.seed, device=args.device, init=args.init, resume=args.resume, max_steps=args.max_steps,
         model_cfg=TINY if args.config == "tiny" else OFFICIAL, recompute=args.recompute,
-        micro_batch=args.micro_batch, fast=args.fast,
+        micro_batch=args.micro_batch, fast=args.fast, heap_reuse=True,
     )
     if is_main_process():
         print(f"run folder: {run_dir}")
@@ -474,6 +474,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv  # film train --nproc re-launches the same command
+    if args.command in ("fuse", "parity") and argv is None:
+        # a process film owns: freed feature maps are kept for reuse, for the whole command (film.common.heap;
+        # not when main() is called from a program of its own, argv given: that program's malloc is its own).
+        # film train decides in its memory plan (the trainer holds it while it trains, when it fits)
+        from film.common.heap import enable_for_process
+
+        enable_for_process()
     try:
         return int(args.func(args) or 0)
     except FilmError as e:

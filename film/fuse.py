@@ -195,11 +195,7 @@ def _fuse(args: FuseOptions) -> int:
             batches.append(group[i : i + args.batch_size])
     from tqdm import tqdm
 
-    from film.common.heap import reuse_freed_memory
-
-    # one heap-reuse scope over the whole folder (film.common.heap): the maps freed by one pair are reused by
-    # the next instead of being returned to the system and faulted in again
-    with reuse_freed_memory(), tqdm(
+    with tqdm(
         total=len(items), desc=f"fuse [{args.backend}]", unit="pair", file=sys.stderr, disable=None
     ) as bar:
         for batch in batches:

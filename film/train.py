@@ -91,14 +91,15 @@ def train(
     recompute: str = "auto",
     micro_batch: int | None = None,
     fast: bool | None = None,
-    heap_reuse: bool = True,
+    heap_reuse: bool = False,
 ) -> str:
     """Train FILM with the official recipe (None = the official value) in either backend; returns the run
     folder (written by rank 0 alone under torchrun / mpirun). ``resume``: a run folder to continue exactly
     (its H5 and recipe are taken from its param.json). How each step runs (the same numbers either way;
     docs/training.md): ``recompute`` (auto, none, blocks, all), ``micro_batch`` (None: planned to fit in memory),
     ``fast`` (the channels-last layout; None: on for CPU), ``heap_reuse`` (CPU: glibc keeps freed memory for
-    reuse while training runs, a process-wide malloc setting; film.common.heap)."""
+    reuse while training runs, about 2x a step: a process-wide malloc setting, so off unless asked for here;
+    film train asks; film.common.heap)."""
     if resume:  # the run's own backend, network configuration and H5, unless told otherwise
         saved = read_run_params(resume)
         run_backend = saved.get("backend", "torch")

@@ -137,3 +137,48 @@ def test_library_functions_without_the_cli(tb, tmp_path):
         fuse_folder(str(tmp_path / "o2"), a=str(tmp_path / "ir"), h5=h5)
     with pytest.raises(FilmError, match="--h5 TRAIN.h5 is required"):
         train(None, device="cpu")
+
+
+def test_jittor_fusers_of_both_layouts_in_one_process(jb):
+    """The layout belongs to the model: a fast (NHWC) and an NCHW Jittor fuser used in turn give what each gives
+    alone (<= 1e-6), and each keeps its own layout."""
+    import film
+
+    rng = np.random.default_rng(5)
+    a, b = rng.random((37, 45), dtype=np.float32), rng.random((37, 45), dtype=np.float32)
+    t = rng.standard_normal((11, 768)).astype(np.float32)
+    fast = film.load_fuser("random", backend="jittor", device="cpu", fast=True)
+    nchw = film.load_fuser("random", backend="jittor", device="cpu", fast=False)
+    alone = {"fast": fast.fuse(a, b, t), "nchw": nchw.fuse(a, b, t)}
+    for _ in range(2):
+        for name, f in (("nchw", nchw), ("fast", fast)):
+            assert float(np.abs(f.fuse(a, b, t) - alone[name]).max()) <= 1e-6, name
+    assert fast.impl.is_fast(fast.model) and not nchw.impl.is_fast(nchw.model)
+    assert float(np.abs(alone["fast"] - alone["nchw"]).max()) <= 1e-5  # the same network, two layouts
+
+
+def test_training_a_model_loaded_in_the_fast_layout(tb, jb):
+    """A Jittor model loaded for inference in the fast layout (NHWC) trains correctly: every gradient within
+    float32 rounding of the float64 network's, judged as the training-parity tests judge."""
+    import types
+
+    import jittor as jt
+    from test_parity_train import CFG, _batch, _float64_reference, _judge
+
+    import film
+    from film.backends.jittor.train import compute_loss
+    from film.common.init import random_state_dict
+    from film.common.spec import TINY, param_schema
+
+    sd = random_state_dict(TINY, seed=11)
+    model = film.load_fuser(sd, backend="jittor", device="cpu", cfg=TINY, fast=True).model
+    assert jb.is_fast(model)
+    model.train()
+    A, B, T = _batch()
+    cfg = types.SimpleNamespace(**vars(CFG))
+    ref = _float64_reference(tb, sd, A, B, T, cfg)
+    loss, _ = compute_loss(jt.array(A), jt.array(B), model(jt.array(A), jt.array(B), jt.array(T)), cfg)
+    assert float(loss.item()) == pytest.approx(ref[0], rel=1e-6)
+    own = model.state_dict()
+    grads = jt.grad(loss, [own[k] for k in param_schema(TINY)])
+    _judge({k: g.numpy() for k, g in zip(param_schema(TINY), grads)}, ref)

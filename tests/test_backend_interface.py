@@ -59,3 +59,44 @@ def test_no_backend_name_branches_outside_backends():
                     if pattern.search(line) and "module ==" not in line:
                         offenders.append(f"{os.path.relpath(path, root)}:{i}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_import_film_loads_no_framework():
+    """`import film` (and its pure-numpy parts) imports neither torch nor Jittor: a missing or broken framework
+    can only fail the backend that needs it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, film, film.api, film.cli, film.common.checkpoint, film.common.training, film.curves; "
+            "print(sorted(m for m in ('torch', 'jittor') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_ops_modules_offer_the_same_primitives(tb, jb):
+    """The shared forward and loss call each backend's ops module by the same names: both define every
+    primitive that film.common.forward / film.common.loss use, with the same parameters."""
+    import ast
+    import os
+
+    from film.backends.jittor import ops as jops
+    from film.backends.torch import ops as tops
+    from film.common import forward, loss
+
+    used = set()
+    for mod in (forward, loss):
+        tree = ast.parse(open(mod.__file__).read())
+        used |= {n.attr for n in ast.walk(tree)
+                 if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "ops"}
+    assert len(used) >= 20, sorted(used)
+    for name in sorted(used):
+        for ops in (tops, jops):
+            assert hasattr(ops, name), f"{os.path.basename(ops.__file__)} of {ops.__name__} lacks {name}"
+        ft, fj = getattr(tops, name), getattr(jops, name)
+        try:
+            pt, pj = _params(ft), _params(fj)
+        except (TypeError, ValueError):  # a framework builtin (torch.abs): nothing to compare
+            continue
+        if not (callable(ft) and getattr(ft, "__module__", "").startswith("film")):
+            continue
+        assert pt == pj, f"ops.{name}: torch {pt} vs jittor {pj}"

@@ -67,3 +67,43 @@ def test_opt_out(monkeypatch):
     monkeypatch.setenv("FILM_HEAP", "default")
     with heap.reuse_freed_memory():
         assert _mmapped_growth(lib) >= BIG
+
+
+_PROBE = """
+import ctypes, numpy as np
+class M(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                  "fsmblks", "uordblks", "fordblks", "keepcost")]
+lib = ctypes.CDLL("libc.so.6"); lib.mallinfo2.restype = M
+def grown():
+    before = lib.mallinfo2().hblkhd
+    x = np.empty((lib.mallinfo2().arena + (96 << 20)) // 8)
+    g = lib.mallinfo2().hblkhd - before
+    del x
+    return g
+"""
+
+
+def test_library_use_leaves_malloc_alone_and_the_cli_owns_its_process(tb):
+    """Fuser.fuse (library use) changes no malloc setting of the host process; enable_for_process (what the film
+    command does for fuse and parity) turns the reuse on for good, and a context manager's exit keeps it on."""
+    import subprocess
+    import sys
+
+    _libc()
+    code = _PROBE + (
+        "import film, numpy as np\n"
+        "f = film.load_fuser('random', backend='torch', device='cpu')\n"
+        "f.fuse(np.random.rand(40, 48).astype('float32'), np.random.rand(40, 48).astype('float32'),"
+        " np.random.rand(9, 768).astype('float32'))\n"
+        "print('library', grown())\n"
+        "from film.common import heap\n"
+        "heap.enable_for_process()\n"
+        "with heap.reuse_freed_memory():\n    pass\n"
+        "print('cli', grown())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "FILM_HEAP"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    got = dict(line.split() for line in r.stdout.splitlines() if line.split()[0] in ("library", "cli"))
+    assert int(got["library"]) >= BIG, r.stdout + r.stderr  # glibc's default after a library fuse
+    assert int(got["cli"]) == 0, r.stdout + r.stderr

@@ -503,3 +503,23 @@ def test_jittor_training_softmax_and_products(tb, jb, rng):
     m = rng.standard_normal((2, 24, 12)).astype(np.float32)
     _grads_vs_torch64(jops._RowsTimesMatT.apply, lambda s, t: s @ t.transpose(1, 2), [p, m],
                       rng.standard_normal((2, 9000, 24)).astype(np.float32), "rows x mat^T")
+
+
+def test_index_caches_are_bounded(tb, jb, rng):
+    """Both backends keep the resize index maps of the last 32 sizes, not of every size ever seen (a program
+    fusing images of ever new sizes would otherwise grow without bound)."""
+    import jittor as jt
+    import torch
+
+    from film.backends.jittor import ops as jops
+    from film.backends.torch import ops as tops
+    from film.common.resize import Cache
+
+    for n in range(100):
+        x = rng.standard_normal((1, 2, 5 + n, 7)).astype(np.float32)
+        tops.resize_nearest(torch.from_numpy(x), (9, 7))
+        jops.resize_nearest(jt.array(x), (9, 7))
+    assert len(tops._index_cache) <= 32 and len(jops._index_cache) <= 32
+    c = Cache(2)
+    assert [c.get(k, lambda k=k: k * 10) for k in (1, 2, 1, 3)] == [10, 20, 10, 30]
+    assert c.get(1, lambda: -1) == 10 and c.get(2, lambda: -2) == -2  # 2 was the least recently used

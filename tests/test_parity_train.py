@@ -55,6 +55,48 @@ def test_loss_matches_numpy_restatement(tb):
     assert float(total) == pytest.approx(l_in + 20 * l_grad, rel=1e-5)
 
 
+def _lplssim_numpy(i: np.ndarray, f: np.ndarray, weight: int) -> float:
+    """The official LpLssimLossweight (utils/lossfun.py) restated in float64 numpy: ||I - F||_2 over the whole
+    batch plus (1 - SSIM) x weight, SSIM with a 5x5 Gaussian window (sigma 1.5), zero padding 2, C1 = 0.01^2,
+    C2 = 0.03^2, averaged over the batch and the map."""
+    from math import exp
+
+    from scipy.signal import correlate2d
+
+    g = np.array([exp(-((x - 2) ** 2) / (2 * 1.5**2)) for x in range(5)])
+    win = np.outer(g / g.sum(), g / g.sum())
+    i, f = i.astype(np.float64), f.astype(np.float64)
+
+    def conv(x):
+        return np.stack([correlate2d(x[n, 0], win, mode="same") for n in range(len(x))])[:, None]
+
+    mu1, mu2 = conv(i), conv(f)
+    s1, s2, s12 = conv(i * i) - mu1**2, conv(f * f) - mu2**2, conv(i * f) - mu1 * mu2
+    c1, c2 = 0.01**2, 0.03**2
+    ssim = ((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1**2 + mu2**2 + c1) * (s1 + s2 + c2))
+    return float(np.sqrt(((i - f) ** 2).sum()) + (1 - ssim.mean()) * weight)
+
+
+def test_lplssim_loss_matches_numpy_restatement(tb, jb):
+    """The optional SSIM term of the training loss (train.py's loss_ssim x (LpLssim(A, F) + LpLssim(B, F)),
+    weight int(sqrt(H * W))) in both backends against the numpy restatement of the official formula."""
+    import jittor as jt
+    import torch
+
+    from film.backends.jittor.train import compute_loss as jloss
+    from film.backends.torch.train import compute_loss as tloss
+
+    A, B, _ = _batch()
+    F_ = np.random.default_rng(2).random(A.shape).astype(np.float32)
+    cfg = types.SimpleNamespace(**{**vars(CFG), "ssim_weight": 1.0})
+    weight = int(np.sqrt(A.shape[-2] * A.shape[-1]))
+    want = _lplssim_numpy(A, F_, weight) + _lplssim_numpy(B, F_, weight)
+    _, pt = tloss(*(torch.from_numpy(x) for x in (A, B, F_)), cfg)
+    _, pj = jloss(*(jt.array(x) for x in (A, B, F_)), cfg)
+    assert float(pt["lplssim"]) == pytest.approx(want, rel=1e-5)
+    assert float(pj["lplssim"].item()) == pytest.approx(want, rel=1e-5)
+
+
 def _trainers(tb, jb, sd, cfg=CFG):
     from film.backends.jittor.train import Trainer as JT
     from film.backends.torch.train import Trainer as TT
@@ -189,14 +231,13 @@ def test_three_adam_steps_with_scheduler(tb, jb):
     """Official LR (1e-5), StepLR every 2 epochs, 3 steps in each backend and in float64 (torch, double).
 
     Judged against the float64 run, with this machine's float32 effect as allowance: per parameter, Jittor
-    within 1e-5 + torch float32's own distance to float64 (Adam divides by sqrt(v): an element whose gradient
-    is rounding noise moves by up to lr in either direction, whichever backend computes it). Exception, by
-    mathematics rather than by backend: the key bias of each cross-attention (the middle third of
-    in_proj_bias) has an identically zero gradient (softmax is invariant to a shift common to all keys);
-    both backends see only rounding noise there and Adam turns it into steps of sign(noise) * lr, checked
-    against 2 * lr per step. The same holds for any element whose float64 gradient is within float32 rounding
-    of zero (below 3x torch float32's own gradient error on that parameter): those too are held to 2 * lr
-    per step, the rest to the rule above."""
+    within 1e-5 + torch float32's own distance to float64. Elements whose float64 gradient is rounding noise
+    (within 3x torch float32's gradient error of zero) cannot be judged one by one: Adam turns noise into a
+    step of sign(noise) x lr, so both backends may step either way (any bound of 2 x lr per step would hold
+    whatever the backend computed). They are counted instead: at most 1 % of all elements may be noise, and
+    Jittor's movement on them must still be a step of at most lr each (Adam's largest, bias-corrected).
+    The key bias of each cross-attention (the middle third of in_proj_bias) has an identically zero gradient
+    (softmax is invariant to a shift common to all keys): checked on the float64 gradient, then left out."""
     import torch
 
     from film.backends.torch.train import compute_loss as tloss
@@ -234,22 +275,26 @@ def test_three_adam_steps_with_scheduler(tb, jb):
     tp = {k: v.detach().double().numpy() for k, v in t.model.state_dict().items()}
     p64 = {k: v.detach().numpy() for k, v in m64.state_dict().items()}
     e = TINY.hidden_dim
-    worst = ("", 0.0)
+    worst, n_noise, n_all = ("", 0.0), 0, 0
     for name, p in zip(param_schema(TINY), j._params()):
         dj, dt = np.abs(p.numpy() - p64[name]), np.abs(tp[name] - p64[name])
+        g, g_err = g64[name], float(np.abs(g32[name] - g64[name]).max())
+        moved = np.abs(p.numpy() - sd[name])
         if name.endswith("in_proj_bias"):
-            assert float(dj[e : 2 * e].max()) <= 2 * cfg.lr * steps, name
-            dj, dt = (np.concatenate([d[:e], d[2 * e :]]) for d in (dj, dt))
-        noise = np.abs(g64[name]) <= 3 * float(np.abs(g32[name] - g64[name]).max())
-        if name.endswith("in_proj_bias"):
-            noise = np.concatenate([noise[:e], noise[2 * e :]])
-        assert float(dj[noise].max(initial=0.0)) <= 2 * cfg.lr * steps, f"{name}: a rounding-noise element moved too far"
+            key = g[e : 2 * e]  # zero by mathematics: only rounding noise in float64
+            assert float(np.abs(key).max()) <= 1e-12 * max(float(np.abs(g).max()), 1e-30), name
+            dj, dt, g, moved = (np.concatenate([d[:e], d[2 * e :]]) for d in (dj, dt, g, moved))
+        noise = np.abs(g) <= 3 * g_err
+        n_noise, n_all = n_noise + int(noise.sum()), n_all + noise.size
+        # Adam's largest move is lr per step (bias-corrected m/sqrt(v) <= 1 in the first steps)
+        assert float(moved.max()) <= cfg.lr * steps * (1 + 1e-3), f"{name}: moved {moved.max():.2e}, more than Adam can"
         dj, dt = np.where(noise, 0.0, dj), np.where(noise, 0.0, dt)
         allow = 1e-5 + float(dt.max())
         assert float(dj.max()) <= allow, f"{name}: jittor {dj.max():.2e} from float64 after {steps} steps > {allow:.2e}"
         if dj.max() / allow > worst[1]:
             worst = (name, float(dj.max() / allow))
-    print(f"worst: {worst[0]} at {worst[1]:.2f} of its allowance")
+    assert n_noise <= 0.01 * n_all, f"{n_noise} of {n_all} elements have rounding-noise gradients"
+    print(f"worst: {worst[0]} at {worst[1]:.2f} of its allowance; {n_noise} of {n_all} elements at noise level")
     moved = sum(not np.array_equal(tp[k], sd[k]) for k in sd)
     assert moved == len(sd)  # every parameter was actually trained
 
@@ -435,13 +480,14 @@ def test_torchrun_ddp_world_size_2_matches_single_process(tb, tmp_path):
     a, _ = unwrap(read_raw(os.path.join(runs["single"], "model", "ckpt_1.pth")))
     b, _ = unwrap(read_raw(os.path.join(runs["ddp"], "model", "ckpt_1.pth")))
     start = random_state_dict(seed=21)
-    close = 0
+    close, total = 0, 0
     for k in a:
-        d = float(np.abs(a[k] - b[k]).max())
-        assert d <= 2 * 1e-4 * 2 + 1e-6, f"{k}: {d:.2e}"
-        close += d <= 1e-6
+        d = np.abs(a[k] - b[k])
+        close, total = close + int((d <= 1e-6).sum()), total + d.size
         assert not np.array_equal(a[k], start[k]), f"{k} not trained"
-    assert close >= 0.9 * len(a), f"only {close}/{len(a)} parameters within 1e-6"
+    # Adam turns a near-zero gradient's rounding into up to a full lr step either way: those few elements may
+    # differ, the rest must agree
+    assert close >= 0.99 * total, f"only {close} of {total} elements within 1e-6"
 
 
 def test_cli_parity_train(capsys, tb, jb, tmp_path, monkeypatch):
@@ -537,12 +583,15 @@ def test_jittor_mpi_world_size_2_matches_single_process(jb, tmp_path):
     for epoch in (1, 2):
         a, _ = unwrap(read_raw(os.path.join(runs["single"], "model", f"ckpt_{epoch}.pkl")))
         b, _ = unwrap(read_raw(os.path.join(runs["mpi"], "model", f"ckpt_{epoch}.pkl")))
+        close, total = 0, 0
         for k in a:
-            d = float(np.abs(a[k] - b[k]).max())
-            # Adam can turn a near-zero gradient's rounding into up to a full lr step (see the DDP test)
-            assert d <= 2 * 1e-4 * 2 * epoch + 1e-6, f"epoch {epoch} {k}: {d:.2e}"
+            d = np.abs(a[k] - b[k])
+            close, total = close + int((d <= 1e-6).sum()), total + d.size
             if epoch == 2:
                 assert not np.array_equal(b[k], start[k]), f"{k} not trained"
+        # Adam turns the rounding of a near-zero gradient into up to a full lr step either way: those few elements
+        # may differ; the rest must agree (measured: max |diff| 1.6e-8 after 2 steps)
+        assert close >= 0.99 * total, f"epoch {epoch}: only {close} of {total} elements within 1e-6"
 
 
 def test_mpirun_without_mpicc_is_refused(monkeypatch):

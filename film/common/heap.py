@@ -1,14 +1,29 @@
-"""Keep freed memory for reuse while a CPU forward runs (glibc malloc settings, scoped).
+"""Keep freed memory for reuse: glibc malloc settings for processes that run FILM on the CPU.
 
-A FILM forward at 480x640 allocates and frees ~100 feature maps of 20-150 MB. glibc serves every block over
-its mmap threshold (at most 32 MB) with a fresh ``mmap`` and gives it back on ``free``, so each map is
-faulted in page by page, zeroed by the kernel, again and again: on the 2-core VMs we measure on, over half
-of the torch forward was the kernel handing out pages (``sys`` time above ``user``). This is why PyTorch's
-CPU performance guides preload jemalloc or tcmalloc. ``reuse_freed_memory`` gets the same effect in-process,
-only while a forward runs: big blocks come from the heap (``M_MMAP_MAX=0``) and freed ones stay there for
-the next map (``M_TRIM_THRESHOLD``); on exit glibc's defaults come back and ``malloc_trim`` returns the free
-heap to the system. Measured (docs/parity.md, "Speed steps and their error"): the torch forward 1.5-2x
-faster on this VM, peak RSS about +20 %. A no-op off glibc; ``FILM_HEAP=default`` turns it off.
+A FILM forward at 480x640 allocates and frees ~100 feature maps of 20-150 MB, a training step many more. glibc
+serves every block over its mmap threshold (at most 32 MB) with a fresh ``mmap`` and gives it back on
+``free``, so each map is faulted in page by page, zeroed by the kernel, again and again: on the 2-core VMs we
+measure on, over half of a torch forward and of a training step was the kernel handing out pages (``sys``
+time above ``user``); the official training step gets 2.3x faster from this alone. PyTorch's CPU guides
+preload jemalloc or tcmalloc for the same reason. Here, two settings of glibc's ``mallopt``:
+``M_MMAP_MAX = 0`` (big blocks come from the heap) and ``M_TRIM_THRESHOLD = 2 GiB`` (freed memory stays in
+the heap for the next block). What it costs: the heap keeps what it once held, so peak resident memory rises
+(~20 % for a forward; for a training step the heap also fragments, ~2x its live maps: film train's memory
+plan counts it and turns it off when that would not fit).
+
+Who changes it:
+
+* the ``film`` command line, for its own process, once, at start (``enable_for_process``), and leaves it on;
+* library code only when asked: ``with film.reuse_freed_memory(): ...`` (this module's context manager),
+  ``film.train.train(..., heap_reuse=True)``, or a ``TrainConfig(heap_reuse=True)`` given to a backend's
+  Trainer (for the trainer's life). ``Fuser.fuse`` and ``fuse_folder`` never change it themselves.
+
+What the context manager does to the process, all threads: on entry the two settings above; on exit glibc's
+stock values (``M_MMAP_MAX`` 65536, ``M_TRIM_THRESHOLD`` 128 KiB; glibc offers no way to read a process's
+current values, so settings made by the host program with ``mallopt`` are not restored, and glibc's dynamic
+mmap threshold stays off, as after any ``mallopt`` of these), then ``malloc_trim(0)`` gives the free heap back.
+``GLIBC_TUNABLES`` set at process start are read by glibc into the same settings. A no-op off glibc;
+``FILM_HEAP=default`` turns all of it off.
 """
 
 from __future__ import annotations
@@ -21,9 +36,9 @@ import threading
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
-_GLIBC_MMAP_MAX = 65536  # glibc's defaults, restored on exit
+_GLIBC_MMAP_MAX = 65536  # glibc's defaults, set on exit of the context manager
 _GLIBC_TRIM_THRESHOLD = 128 * 1024
-KEEP_BYTES = 2**31 - 1  # free memory kept at the top of the heap during a forward (mallopt takes an int)
+KEEP_BYTES = 2**31 - 1  # free memory kept at the top of the heap (mallopt takes an int)
 
 _lock = threading.Lock()
 _depth = [0]
@@ -50,11 +65,33 @@ def enabled() -> bool:
     return os.environ.get("FILM_HEAP", "reuse") != "default" and _glibc() is not None
 
 
-@contextlib.contextmanager
-def reuse_freed_memory():
-    """Within the block, big allocations come from glibc's heap and freed ones are reused (nesting-safe)."""
+_process_wide = [False]
+
+
+def enable_for_process() -> bool:
+    """Turn the reuse on for the rest of this process (the film command line, which owns its process); True if
+    it took effect (glibc, and FILM_HEAP not ``default``)."""
     libc = _glibc() if enabled() else None
     if libc is None:
+        return False
+    with _lock:
+        libc.mallopt(M_MMAP_MAX, 0)
+        libc.mallopt(M_TRIM_THRESHOLD, KEEP_BYTES)
+        _process_wide[0] = True
+    return True
+
+
+def is_on() -> bool:
+    """Whether freed memory is being kept for reuse now (process-wide or inside the context manager)."""
+    return _process_wide[0] or _depth[0] > 0
+
+
+@contextlib.contextmanager
+def reuse_freed_memory():
+    """Within the block, big allocations come from glibc's heap and freed ones are reused (nesting-safe; a no-op
+    when ``enable_for_process`` already did it). See the module doc for what this changes in the process."""
+    libc = _glibc() if enabled() else None
+    if libc is None or _process_wide[0]:
         yield
         return
     with _lock:

@@ -39,3 +39,29 @@ def resize_nearest_np(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     rows = nearest_index(x.shape[-2], size[0])
     cols = nearest_index(x.shape[-1], size[1])
     return x[..., rows, :][..., cols]
+
+
+class Cache:
+    """A small least-recently-used cache (the index maps and fixed kernels each backend's ops keep per image
+    size and device): a program fusing images of ever new sizes keeps the last ``size`` entries, not all."""
+
+    def __init__(self, size: int = 32):
+        from collections import OrderedDict
+
+        self.size, self._d = size, OrderedDict()
+
+    def get(self, key, make):
+        """The entry of ``key``, made by ``make()`` when missing."""
+        if key in self._d:
+            self._d.move_to_end(key)
+            return self._d[key]
+        value = self._d[key] = make()
+        if len(self._d) > self.size:
+            self._d.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def clear(self) -> None:
+        self._d.clear()

@@ -91,12 +91,13 @@ def plan_step(be, cfg, batch: int, h: int, w: int, device: str) -> StepPlan:
     ``cfg.micro_batch`` or recompute mode that does not fit is refused with one line naming what fits."""
     from film.api import available_memory
     from film.common.heap import enabled as heap_enabled
+    from film.common.heap import is_on as heap_is_on
 
     mode = be.resolve_recompute(getattr(cfg, "recompute", "auto"), device)
     want = getattr(cfg, "micro_batch", None)
     if want is not None and want < 1:
         raise FilmError("--micro-batch must be at least 1")
-    heap = bool(getattr(cfg, "heap_reuse", True)) and device == "cpu" and heap_enabled()
+    heap = device == "cpu" and heap_enabled() and (bool(getattr(cfg, "heap_reuse", False)) or heap_is_on())
     exact = not getattr(cfg, "ssim_weight", 0)
     avail = available_memory() if device == "cpu" and os.environ.get("FILM_SKIP_MEMORY_CHECK") != "1" else None
     if avail is None:
@@ -273,7 +274,7 @@ class TrainerBase:
         over half of a step, docs/training.md). Process-wide while the trainer lives: see film.common.heap."""
         from film.common.heap import reuse_freed_memory
 
-        if self._heap is None and on_cpu and getattr(cfg, "heap_reuse", True):
+        if self._heap is None and on_cpu and getattr(cfg, "heap_reuse", False):
             self._heap = reuse_freed_memory()
             self._heap.__enter__()
 

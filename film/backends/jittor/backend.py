@@ -18,7 +18,6 @@ from film.backends.jittor.core import (  # noqa: F401 - part of the Backend inte
     state_dict_numpy,
 )
 from film.backends.jittor.model import Net
-from film.common.heap import reuse_freed_memory
 from film.common.spec import OFFICIAL, FilmConfig
 from film.errors import FilmError
 
@@ -34,7 +33,7 @@ def forward_numpy(
 ) -> np.ndarray:
     """(B,1,H,W), (B,1,H,W), (B,L,D) float32 numpy -> (B,1,H,W) float32 numpy; ``taps`` filled with numpy."""
     raw: dict | None = {} if taps is not None else None
-    with reuse_freed_memory(), jt.no_grad():  # film.common.heap: host allocations of the forward
+    with jt.no_grad():
         out = model(
             jt.array(np.ascontiguousarray(a, dtype=np.float32)),
             jt.array(np.ascontiguousarray(b, dtype=np.float32)),

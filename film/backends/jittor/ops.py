@@ -13,9 +13,9 @@ import threading
 import numpy as np
 
 from film.backends.jittor._jt import jt
-from film.common.resize import nearest_index
+from film.common.resize import Cache, nearest_index
 
-_index_cache: dict[tuple[int, ...], jt.Var] = {}
+_index_cache = Cache()  # (in, out) and (h, w, H, W) -> index maps, the last 32 sizes
 
 # Memory order of image maps while a Net builds its graph: NCHW, or NHWC (channels last) when the convolutions
 # run on oneDNN, whose NHWC kernels are ~2x its NCHW ones on FILM's depth-wise and 1x1 convolutions (measured:
@@ -175,12 +175,8 @@ def from_nchw(x: jt.Var) -> jt.Var:
 
 
 def _index(in_size: int, out_size: int) -> jt.Var:
-    key = (in_size, out_size)
-    idx = _index_cache.get(key)
-    if idx is None:
-        idx = jt.array(nearest_index(in_size, out_size).astype(np.int32)).stop_grad()
-        _index_cache[key] = idx
-    return idx
+    return _index_cache.get((in_size, out_size),
+                            lambda: jt.array(nearest_index(in_size, out_size).astype(np.int32)).stop_grad())
 
 
 def resize_nearest(x: jt.Var, size: tuple[int, int]) -> jt.Var:
@@ -190,11 +186,11 @@ def resize_nearest(x: jt.Var, size: tuple[int, int]) -> jt.Var:
     if (h, w) == tuple(size):
         return x
     if is_nhwc():
-        key = (h, w, size[0], size[1])
-        flat = _index_cache.get(key)
-        if flat is None:
+        def make():
             rows = nearest_index(h, size[0])[:, None] * w + nearest_index(w, size[1])[None, :]
-            flat = _index_cache[key] = jt.array(rows.reshape(-1).astype(np.int32)).stop_grad()
+            return jt.array(rows.reshape(-1).astype(np.int32)).stop_grad()
+
+        flat = _index_cache.get((h, w, size[0], size[1]), make)
         return x.reshape(b, h * w, c)[:, flat].reshape(b, size[0], size[1], c)
     if h != size[0]:
         x = x[:, :, _index(h, size[0])]
@@ -569,15 +565,12 @@ def depthwise3x3(x: jt.Var, weight: jt.Var, bias: jt.Var | None) -> jt.Var:
 
 # Loss primitives (film.common.loss, the official Fusionloss): the same ops module serves the forward and the loss.
 
-_kernels: dict = {}
+_kernels = Cache()
 
 
 def conv2d_same(x: jt.Var, k: np.ndarray) -> jt.Var:
     """A fixed (Sobel / Gaussian) kernel over (B,1,H,W) with 'same' zero padding, the kernel cached."""
-    key = (k.tobytes(), k.shape)
-    w = _kernels.get(key)
-    if w is None:
-        w = _kernels[key] = jt.array(np.ascontiguousarray(k)[None, None]).stop_grad()
+    w = _kernels.get((k.tobytes(), k.shape), lambda: jt.array(np.ascontiguousarray(k)[None, None]).stop_grad())
     return jt.nn.conv2d(x, w, padding=k.shape[-1] // 2)
 
 

@@ -3,7 +3,6 @@ functions; tests/test_backend_interface.py checks it), plus torch's ``fast_defau
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import numpy as np
@@ -23,7 +22,6 @@ from film.backends.torch.core import (  # noqa: F401 - part of the Backend inter
     state_dict_numpy,
 )
 from film.backends.torch.model import Net
-from film.common.heap import reuse_freed_memory
 from film.common.spec import OFFICIAL, FilmConfig
 from film.errors import FilmError
 
@@ -64,9 +62,7 @@ def forward_numpy(
     dt = np.float64 if p.dtype == torch.float64 else np.float32  # a .double() model is the float64 reference
     raw: dict | None = {} if taps is not None else None
     fmt = input_format(model)
-    # film.common.heap: the official-style baseline (film bench) runs with glibc's defaults, as the official code
-    keep = reuse_freed_memory() if p.device.type == "cpu" and isinstance(model, Net) else contextlib.nullcontext()
-    with keep, torch.inference_mode():
+    with torch.inference_mode():
         out = model(
             torch.from_numpy(np.ascontiguousarray(a, dtype=dt)).to(p.device).contiguous(memory_format=fmt),
             torch.from_numpy(np.ascontiguousarray(b, dtype=dt)).to(p.device).contiguous(memory_format=fmt),

@@ -6,21 +6,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from film.common.resize import nearest_index
+from film.common.resize import Cache, nearest_index
 
-_index_cache: dict[tuple[int, int, str], torch.Tensor] = {}
+_index_cache = Cache()  # (in, out, device) -> index map, the last 32 sizes
 
 
 def _index(in_size: int, out_size: int, device: torch.device) -> torch.Tensor:
-    key = (in_size, out_size, str(device))
-    idx = _index_cache.get(key)
-    if idx is None:
+    def make():
         # made outside inference mode: a map first built by a fused (inference) run is reused by training,
         # and autograd refuses to save inference tensors for backward
         with torch.inference_mode(False):
-            idx = torch.from_numpy(nearest_index(in_size, out_size)).to(device)
-        _index_cache[key] = idx
-    return idx
+            return torch.from_numpy(nearest_index(in_size, out_size)).to(device)
+
+    return _index_cache.get((in_size, out_size, str(device)), make)
 
 
 def resize_nearest(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -194,16 +192,16 @@ def from_nchw(x: torch.Tensor) -> torch.Tensor:
 
 # Loss primitives (film.common.loss, the official Fusionloss): the same ops module serves the forward and the loss.
 
-_kernels: dict = {}
+_kernels = Cache()
 
 
 def conv2d_same(x: torch.Tensor, k: np.ndarray) -> torch.Tensor:
     """A fixed (Sobel / Gaussian) kernel over (B,1,H,W) with 'same' zero padding, the kernel cached per device."""
-    key = (k.tobytes(), k.shape, x.device, x.dtype)
-    w = _kernels.get(key)
-    if w is None:
+    def make():
         with torch.inference_mode(False):  # cached across inference and training (see _index)
-            w = _kernels[key] = torch.from_numpy(np.ascontiguousarray(k)).to(x.device, x.dtype)[None, None]
+            return torch.from_numpy(np.ascontiguousarray(k)).to(x.device, x.dtype)[None, None]
+
+    w = _kernels.get((k.tobytes(), k.shape, x.device, x.dtype), make)
     return F.conv2d(x, w, padding=k.shape[-1] // 2)
 
 
