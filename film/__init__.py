@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 __all__ = ["FilmError", "load_fuser", "encode_text", "read_gray01", "__version__"]
 
 
-def load_fuser(checkpoint, backend: str = "torch", device: str = "auto", cfg=None, fast=None):
+def load_fuser(checkpoint, backend: str | None = None, device: str = "auto", cfg=None, fast=None):
     """Load a FILM checkpoint (any supported format) into ``backend`` and return a :class:`film.api.Fuser`."""
     from film.api import load_fuser as _load
 

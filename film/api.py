@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from film.backends.registry import check_name, get_backend
-from film.common.checkpoint import Checkpoint, load_checkpoint
-from film.common.spec import OFFICIAL, FilmConfig
+from film.common.checkpoint import Checkpoint
+from film.common.spec import FilmConfig
 from film.common.textfeat import check_text_values, text_shape_problem
 from film.errors import FilmError
 
@@ -144,14 +144,15 @@ class Fuser:
 
 def load_fuser(
     checkpoint: str | os.PathLike | dict | None,
-    backend: str = "torch",
+    backend: str | None = None,
     device: str = "auto",
     cfg: FilmConfig | None = None,
     fast: bool | None = None,
 ) -> Fuser:
     """Load a FILM checkpoint into a backend.
 
-    checkpoint: a path (.pth official/training dict/bare, .pkl Jittor, .safetensors), a numpy state dict,
+    checkpoint: a path (.pth official/training dict/bare, .pkl Jittor, .safetensors; .onnx: a model made by
+    ``film export``, run by onnxruntime: backend "onnx", the default for that extension), a numpy state dict,
     ``"demo"`` (the shipped demo weights: not the official FILM, trained briefly on public pairs with synthetic
     text), or ``"random"`` / None for the seeded random weights of :func:`film.common.init.random_state_dict`.
     cfg: the network configuration; None takes the one stored with the weights (safetensors metadata written
@@ -161,21 +162,12 @@ def load_fuser(
     CUDA until measured there). Jittor: NHWC feature maps on oneDNN (~1.3x; None: on when oneDNN runs).
     False: the official NCHW order in both.
     """
+    if backend is None:  # an exported model runs with onnxruntime, anything else with torch
+        backend = "onnx" if isinstance(checkpoint, (str, os.PathLike)) and os.fspath(checkpoint).endswith(".onnx") else "torch"
     check_name(backend)
-    if checkpoint is None:
-        checkpoint = "random"
-    if not isinstance(checkpoint, dict):
-        ck = load_checkpoint(checkpoint, cfg)  # cfg None: the one stored with the weights, else official
-        cfg = ck.cfg
-    cfg = cfg or OFFICIAL
-    if isinstance(checkpoint, dict):
-        from film.common.checkpoint import unwrap, validate
-
-        sd, extras = unwrap(checkpoint, "state dict")
-        validate(sd, cfg, "state dict")
-        ck = Checkpoint(sd, extras, "dict", cfg)
     impl = get_backend(backend, device)
-    model = impl.build_model(cfg, ck.state_dict, device)
+    model, ck = impl.load_model(checkpoint, cfg, device)
+    cfg = ck.cfg
     dev = str(impl.resolve_device(device))
     impl.set_fast(model, fast)
     return Fuser(backend, model, cfg, dev, ck)

@@ -1,4 +1,5 @@
-"""``film`` command line: convert | parity | fuse | eval | prepare | train | curves | text | describe | bench.
+"""``film`` command line: convert | parity | fuse | eval | prepare | train | curves | export | text | describe |
+bench.
 
 Every expected problem is a :class:`film.FilmError`: one line (or one block) on stderr, exit code 2,
 no traceback. Anything unexpected is reported in one line with exit code 1 (FILM_DEBUG=1 shows the
@@ -59,9 +60,9 @@ def cmd_parity(args) -> int:
         raise FilmError("film parity --train needs --h5 TRAIN.h5 (the batches to train on)")
     if args.steps < 1:
         raise FilmError("--steps must be at least 1")
-    from film.backends.registry import BACKENDS, get_backend
+    from film.backends.registry import FRAMEWORKS, get_backend
 
-    for name in BACKENDS:  # both backends usable (installed, numpy<2 for Jittor) before minutes of work
+    for name in FRAMEWORKS:  # both backends usable (installed, numpy<2 for Jittor) before minutes of work
         get_backend(name, args.device)
     from film.common.spec import TINY
 
@@ -76,7 +77,7 @@ def cmd_parity(args) -> int:
         print(text)
         return 0 if ok else 1
     fusers = {}
-    for name in BACKENDS:
+    for name in FRAMEWORKS:
         fusers[name] = load_fuser(ck.state_dict, backend=name, device=args.device, cfg=ck.cfg, fast=args.fast)
         fusers[name].impl.set_deterministic()
     inputs = collect_inputs(args.pairs, args.text, ck.cfg.text_dim, args.limit)
@@ -115,7 +116,8 @@ def cmd_fuse(args) -> int:
         random_text=args.random_text, backend=args.backend, device=args.device, color=args.color, grid=args.grid,
         batch_size=args.batch_size, fast=args.fast,
     )
-    print(f"fused {n} pair(s) with {args.backend} in {time.time() - t0:.1f}s -> {args.output}")
+    backend = args.backend or ("onnx" if str(args.checkpoint).endswith(".onnx") else "torch")
+    print(f"fused {n} pair(s) with {backend} in {time.time() - t0:.1f}s -> {args.output}")
     return 0
 
 
@@ -218,6 +220,25 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from film.export import CHECK_FACTOR, CHECK_FLOOR, OPSET, check, export
+
+    t0 = time.time()
+    meta = export(args.checkpoint, args.output, args.opset)
+    size = os.path.getsize(args.output) / 2**20
+    print(f"{args.checkpoint} -> {args.output} ({size:.1f} MiB, opset {args.opset or OPSET}, dynamic N, H, W and L) "
+          f"in {time.time() - t0:.1f}s; " + ("seeded random weights" if args.checkpoint == "random" else
+                                            f"checkpoint sha256 {meta['film_checkpoint_sha256'][:16]}..."))
+    if not args.check:
+        return 0
+    ok, rows = check(args.output, args.checkpoint)
+    for name, d_onnx, d_torch in rows:
+        print(f"  {name}: max |onnxruntime - float64| {d_onnx:.2e}   (torch float32: {d_torch:.2e})")
+    print(f"check: {'OK' if ok else 'FAIL'}: onnxruntime within {CHECK_FACTOR:g} x max(torch float32 error, "
+          f"{CHECK_FLOOR:g}) of the float64 network on every sample")
+    return 0 if ok else 1
+
+
 def cmd_curves(args) -> int:
     from film.curves import curves
 
@@ -291,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--checkpoint", required=True, help="checkpoint path, or 'random' for seeded random weights (demo)"
     )
-    f.add_argument("--backend", default="torch", help="torch (default) or jittor")
+    f.add_argument("--backend", default=None,
+                   help="torch (default), jittor, or onnx (a model made by film export; the default for .onnx)")
     f.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     src = f.add_mutually_exclusive_group(required=True)
     src.add_argument("--h5", help="an H5 file made by film prepare (imageA, imageB, text groups)")
@@ -350,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_prepare)
 
     t = sub.add_parser("train", help="train FILM with the official recipe in either backend")
-    t.add_argument("--backend", default=None, choices=("torch", "jittor"),
+    t.add_argument("--backend", default=None,
                    help="torch (default) or jittor (with --resume: the run's own)")
     t.add_argument("--h5", help="training H5 made by film prepare (with --resume: taken from the run)")
     t.add_argument("--epochs", type=int, default=None,
@@ -425,6 +447,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     d.add_argument("--overwrite", action="store_true", help="replace existing paragraphs (they may hold your edits)")
     d.set_defaults(func=cmd_describe)
+
+    o = sub.add_parser("export", help="one ONNX model for every image size and text length (onnxruntime, TensorRT)")
+    o.add_argument("checkpoint", help="any checkpoint film reads (.pth, .pkl, .safetensors), demo or random")
+    o.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    o.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18: onnxruntime >= 1.14, TensorRT >= 8.6)")
+    o.add_argument("--check", action="store_true",
+                   help="run the model with onnxruntime on the shipped samples at their own sizes and compare with the "
+                   "float64 network (exit 1 when farther than 2x the torch backend's own float32 error, floor 1e-5)")
+    o.set_defaults(func=cmd_export)
 
     v = sub.add_parser("curves", help="overlay the loss curves of training runs (total, intensity, gradient) and say "
                        "where they part")

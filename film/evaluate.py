@@ -80,7 +80,8 @@ def format_table(results: dict[str, dict], metrics: list[str], dataset: str) -> 
 def method_labels(folders: list[str]) -> list[str]:
     """A name per folder of fused images: its last path component (film fuse's Gray/ and Color/ skipped), with
     as many parent folders as it takes to tell the folders apart: a/RoadScene and b/RoadScene -> a/RoadScene,
-    b/RoadScene; out/Gray -> out."""
+    b/RoadScene; out/Gray -> out. The same folder named twice (e.g. to check that a metric is deterministic) gets
+    primes: fused, fused'."""
 
     def parts(d: str) -> list[str]:
         p = [x for x in os.path.normpath(os.path.abspath(d)).split(os.sep) if x]
@@ -89,12 +90,19 @@ def method_labels(folders: list[str]) -> list[str]:
         return p
 
     split = [parts(d) for d in folders]
+    distinct = list({tuple(p): p for p in split}.values())  # the same folder twice does not deepen the names
     depth = 1
     while True:
-        labels = ["/".join(p[-depth:]) for p in split]
-        if len(set(labels)) == len(labels) or all(depth >= len(p) for p in split):
-            return labels
+        names = ["/".join(p[-depth:]) for p in distinct]
+        if len(set(names)) == len(names) or all(depth >= len(p) for p in distinct):
+            break
         depth += 1
+    labels = ["/".join(p[-depth:]) for p in split]
+    seen: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        labels[i] = label + "'" * seen.get(label, 0)
+        seen[label] = seen.get(label, 0) + 1
+    return labels
 
 
 def evaluate(

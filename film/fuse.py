@@ -26,8 +26,8 @@ class FuseOptions:
     """What :func:`fuse_folder` was asked to do (the ``film fuse`` flags, typed)."""
 
     output: str
-    checkpoint: str | None = None  # a checkpoint path; None or "random": seeded random weights (demo)
-    backend: str = "torch"
+    checkpoint: str | None = None  # a checkpoint path, "demo" (shipped demo weights); None or "random": seeded random
+    backend: str | None = None  # None: onnx for an .onnx checkpoint, else torch
     device: str = "auto"
     a: str | None = None  # folder of A images (with b)
     b: str | None = None
@@ -123,7 +123,8 @@ def save_outputs(args, item: Item, fused: np.ndarray) -> None:
         panels = [
             (panel(item.a, pair.a if pair else None), "A: " + source_label(pair.a if pair else None, "source A")),
             (panel(item.b, pair.b if pair else None), "B: " + source_label(pair.b if pair else None, "source B")),
-            (fused_bgr if fused_bgr is not None else cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR), "FILM fused"),
+            (fused_bgr if fused_bgr is not None else cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR),
+             getattr(args, "fused_title", "FILM fused")),
         ]
         write_png(os.path.join(args.output, "grid", item.name + ".png"), grid_image(panels))
 
@@ -145,7 +146,7 @@ def fuse_folder(
     h5: str | None = None,
     text: str | None = None,
     random_text: bool = False,
-    backend: str = "torch",
+    backend: str | None = None,
     device: str = "auto",
     color: bool = False,
     grid: bool = False,
@@ -157,8 +158,9 @@ def fuse_folder(
     Every problem is found before any output folder is made; each PNG is written atomically."""
     if sum(x is not None for x in (a, pairs, h5)) != 1:
         raise FilmError("give exactly one source: a (with b), pairs, or h5")
-    opts = FuseOptions(output, checkpoint, backend, device, a, b, pairs, h5, text, random_text, color, grid,
-                       batch_size, fast)
+    opts = FuseOptions(output=output, checkpoint=checkpoint, backend=backend, device=device, a=a, b=b, pairs=pairs,
+                       h5=h5, text=text, random_text=random_text, color=color, grid=grid, batch_size=batch_size,
+                       fast=fast)
     return _fuse(opts)
 
 
@@ -166,17 +168,28 @@ def _fuse(args: FuseOptions) -> int:
     from film.api import load_fuser
     from film.backends.registry import check_name
 
+    if args.backend is None:  # as load_fuser: an exported model runs with onnxruntime
+        args.backend = "onnx" if str(args.checkpoint or "").endswith(".onnx") else "torch"
     check_name(args.backend)
     if args.batch_size < 1:
         raise FilmError("--batch-size must be at least 1")
     if args.text and args.random_text:
         raise FilmError("--text and --random-text exclude each other")
     fuser = load_fuser(
-        None if args.checkpoint in (None, "random") else args.checkpoint,
+        args.checkpoint,
         backend=args.backend,
         device=args.device,
         fast=args.fast,
     )
+    kind = fuser.checkpoint.source_format
+    args.fused_title = {"random": "fused (random weights)", "demo": "fused (demo weights)"}.get(
+        kind if kind == "random" else ("demo" if "film_demo" in fuser.checkpoint.extras else ""), "FILM fused")
+    if kind == "random":
+        print("film fuse: seeded random weights (--checkpoint random): the pictures show the pipeline, not a fusion; "
+              "--checkpoint demo has trained demo weights", file=sys.stderr, flush=True)
+    elif "film_demo" in fuser.checkpoint.extras:
+        print("film fuse: the demo weights: not the official FILM, trained briefly on public pairs with synthetic "
+              "text (docs/training.md, Demo weights)", file=sys.stderr, flush=True)
     items = collect(args, fuser.cfg.text_dim)
     if not items:
         raise FilmError("no image pairs to fuse")

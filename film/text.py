@@ -188,7 +188,7 @@ def save_pretrained(folder: str, parts: list, what: str) -> None:
     parent = os.path.dirname(os.path.abspath(folder))
     make_dirs(parent)
     if os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
-        raise FilmError(f"{folder}: exists and is not an empty folder")
+        raise FilmError(f"{folder}: exists and is not empty (give a new or empty folder)")
     import shutil
     import tempfile
 

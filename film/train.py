@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from film.backends.registry import check_name, get_backend
+from film.backends.registry import FRAMEWORKS, check_name, get_backend
 from film.common.spec import OFFICIAL, FilmConfig
 from film.common.training import TrainConfig, read_run_params
 from film.common.training import train as train_loop
@@ -40,7 +40,7 @@ def launch(backend: str, device: str, nproc: int, argv: list[str], model_cfg: Fi
         raise FilmError("--nproc must be at least 1")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or "OMPI_COMM_WORLD_SIZE" in os.environ:
         raise FilmError("--nproc starts the processes itself: do not combine it with torchrun or mpirun")
-    check_name(backend)
+    check_name(backend, FRAMEWORKS)  # onnx runs exported models: inference only
     # importing the backend prepares it once here (Jittor compiles itself and its MPI ops), not in N racing
     # processes; the launcher (torchrun or mpirun) is the backend's
     impl = get_backend(backend, device)
@@ -113,7 +113,7 @@ def train(
             except (TypeError, ValueError) as e:
                 raise FilmError(f"{resume}: param.json has an unreadable model_config ({e})") from None
     backend = backend or "torch"
-    check_name(backend)
+    check_name(backend, FRAMEWORKS)  # onnx runs exported models: inference only
     for name, v in (("epochs", epochs), ("batch_size", batch_size)):
         if v is not None and v < 1:
             raise FilmError(f"--{name.replace('_', '-')} must be at least 1")

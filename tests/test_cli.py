@@ -713,8 +713,12 @@ def test_train_unknown_backend_and_bad_numbers(capsys, tmp_path):
 
 def test_train_resume_without_checkpoint(capsys, tmp_path, tb):
     (tmp_path / "run").mkdir()
-    fails(capsys, "train", "--backend", "torch", "--h5", str(_train_h5(tmp_path / "d.h5")), "--resume",
-          str(tmp_path / "run"), "--device", "cpu", match="no model/ckpt_<epoch>.pth to resume from")
+    h5 = str(_train_h5(tmp_path / "d.h5"))
+    fails(capsys, "train", "--backend", "torch", "--h5", h5, "--resume", str(tmp_path / "run"), "--device", "cpu",
+          match="not a run folder (param.json missing")
+    (tmp_path / "run" / "param.json").write_text('{"backend": "torch"}')
+    fails(capsys, "train", "--backend", "torch", "--h5", h5, "--resume", str(tmp_path / "run"), "--device", "cpu",
+          match="no model/ckpt_<epoch>.pth to resume from")
 
 
 def test_train_nan_text_in_train_h5(tmp_path, tb):

@@ -40,6 +40,9 @@ class Checkpoint:
 
 def detect_format(path: str) -> str:
     ext = os.path.splitext(path)[1].lower()
+    if ext == ".onnx":
+        raise FilmError(f"{path}: an ONNX model made by film export holds a graph, not weights: run it with "
+                        "--backend onnx (film fuse, load_fuser); convert and train from the checkpoint it came from")
     if ext not in FORMATS:
         raise FilmError(
             f"{path}: unknown checkpoint extension {ext!r} (expected one of {', '.join(FORMATS)})"
@@ -263,6 +266,20 @@ def load_checkpoint(path: str | os.PathLike, cfg: FilmConfig | None = None) -> C
     schema = param_schema(cfg)
     ordered = OrderedDict((k, np.ascontiguousarray(sd[k], dtype=np.float32)) for k in schema)
     return Checkpoint(ordered, extras, detect_format(path), cfg)
+
+
+def load_weights(checkpoint, cfg: FilmConfig | None = None) -> Checkpoint:
+    """What a backend loads: a checkpoint path or name (``load_checkpoint``), None (= ``"random"``), or a state
+    dict in memory (numpy or framework tensors with ``module.`` keys or not), validated against ``cfg`` (None:
+    the stored configuration, else the official one)."""
+    if checkpoint is None:
+        checkpoint = RANDOM
+    if not isinstance(checkpoint, dict):
+        return load_checkpoint(checkpoint, cfg)
+    cfg = cfg or OFFICIAL
+    sd, extras = unwrap(checkpoint, "state dict")
+    validate(sd, cfg, "state dict")
+    return Checkpoint(sd, extras, "dict", cfg)
 
 
 def save_checkpoint(

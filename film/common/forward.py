@@ -78,10 +78,11 @@ def resized(ops, f, x, size):
     """``resize_nearest(f(x), size)`` for a per-pixel ``f`` (1x1 convolutions, PReLU): a nearest resize only
     picks pixels, so it commutes with ``f``, which runs on whichever side has fewer pixels. Not the official
     order (f, then resize) when the resize shrinks; the same numbers (each pixel's value is computed the same
-    way), and at 480x640 the token-grid 1x1 convolutions run on 288x384 instead of 480x640.
+    way), and at 480x640 the token-grid 1x1 convolutions run on 288x384 instead of 480x640. While a graph is
+    exported for every image size (``ops.shapes_static()`` False: film export), the official order always.
     """
     _, _, h, w = ops.image_dims(x)
-    if h * w > size[0] * size[1]:
+    if ops.shapes_static() and h * w > size[0] * size[1]:
         return f(ops.resize_nearest(x, size))
     return ops.resize_nearest(f(x), size)
 

@@ -394,8 +394,6 @@ def train(cfg: TrainConfig, trainer) -> str:
     h, w = (max(s[i] for s in sizes.values()) for i in (0, 1))
     plan = trainer.plan(cfg, cfg.batch_size // world, h, w)  # refuses, in one line, a step that cannot fit
     cfg.micro_batch, cfg.heap_reuse, cfg.recompute = plan.micro_batch, plan.heap_reuse, plan.recompute
-    if main:
-        print(f"film train: {plan.describe(cfg.batch_size // world)}", file=sys.stderr, flush=True)
     if cfg.resume:
         run_dir = cfg.resume
         found = latest_checkpoint(run_dir, trainer.ext)
@@ -432,6 +430,8 @@ def train(cfg: TrainConfig, trainer) -> str:
 
             atomic_write_bytes(os.path.join(run_dir, "param.json"), json.dumps(params, indent=2).encode())
             copy_code(run_dir, cfg.backend)
+    if main:  # after the run folder exists: a refused output location stays a one-line error
+        print(f"film train: {plan.describe(cfg.batch_size // world)}", file=sys.stderr, flush=True)
     log = RunLog(run_dir, trainer.scalar_writer(run_dir)) if main else None
     per_epoch = len(data) // cfg.batch_size
     share = cfg.batch_size // world

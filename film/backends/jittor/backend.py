@@ -18,6 +18,7 @@ from film.backends.jittor.core import (  # noqa: F401 - part of the Backend inte
     state_dict_numpy,
 )
 from film.backends.jittor.model import Net
+from film.common.checkpoint import load_weights
 from film.common.spec import OFFICIAL, FilmConfig
 from film.errors import FilmError
 
@@ -26,6 +27,12 @@ NAME = "jittor"
 
 def set_deterministic() -> None:
     """Jittor has no TF32 switch; its float32 kernels are already full precision."""
+
+
+def load_model(checkpoint, cfg: FilmConfig | None = None, device: str = "auto"):
+    """(model, Checkpoint) from any checkpoint film reads (film.common.checkpoint.load_weights)."""
+    ck = load_weights(checkpoint, cfg)
+    return build_model(ck.cfg, ck.state_dict, device), ck
 
 
 def forward_numpy(
@@ -65,9 +72,18 @@ def inference_memory() -> tuple[int, int]:
 
 
 # Peak resident memory of a CPU training step (film.common.training.plan_step): fixed + samples per forward x
-# per pixel x max(H x W, 288 x 384), per (recompute mode, heap reuse); measured at batch 2 and 4, 288x384, with
-# film bench --train-memory (benchmarks/results/*_cpu_train_memory.json), plus a few percent.
-TRAIN_MEMORY: dict[tuple[str, bool], tuple[int, int]] = {}
+# per pixel x max(H x W, 288 x 384), per (recompute mode, heap reuse). The line through batch 1 and 2 at 288x384
+# measured by film bench --train-memory (benchmarks/results/2026-12-01_cpu_train_memory.json, AMD EPYC, 2 cores),
+# per pixel +5 % (+12 % with the heap reuse on: glibc's heap can grow over more steps), fixed +5 %, at least
+# 256 MiB (the heap-on lines extrapolate below zero). tests/test_training_plan.py holds these to the results file.
+TRAIN_MEMORY: dict[tuple[str, bool], tuple[int, int]] = {
+    ("none", True): (266 * 2**20, 63300),
+    ("none", False): (308 * 2**20, 59200),
+    ("blocks", True): (621 * 2**20, 31700),
+    ("blocks", False): (685 * 2**20, 29100),
+    ("all", True): (502 * 2**20, 38200),
+    ("all", False): (565 * 2**20, 35500),
+}
 
 
 def train_memory(recompute: str, heap_reuse: bool) -> tuple[int, int]:

@@ -65,14 +65,16 @@ def set_fast(model: Net, fast: bool | None = True) -> Net:
     return model
 
 
-# film train --recompute auto, per device: measured on CPU at batch 2, 288x384 (docs/training.md); CUDA not
-# measured yet (no GPU session), the same until then.
-RECOMPUTE_BY_DEFAULT = {"cpu": "all", "cuda": "all"}
+# film train --recompute auto, per device: measured on CPU at batch 2, 288x384 (docs/training.md; peak RSS
+# from benchmarks/results/2026-12-01_cpu_train_memory.json): none 12.2 GB, blocks 6.5 GB, all 7.7 GB ("all"
+# holds more than "blocks" in Jittor, unlike torch; the cause is not pinned down yet), at about the same step
+# time; CUDA not measured yet (no GPU session), the same until then.
+RECOMPUTE_BY_DEFAULT = {"cpu": "blocks", "cuda": "blocks"}
 
 
 def resolve_recompute(mode: str, device: str) -> str:
     """film train --recompute auto -> the measured default of the device (``RECOMPUTE_BY_DEFAULT``)."""
-    return RECOMPUTE_BY_DEFAULT.get(device, "all") if mode == "auto" else check_mode(mode)
+    return RECOMPUTE_BY_DEFAULT.get(device, "blocks") if mode == "auto" else check_mode(mode)
 
 
 def is_fast(model: Net) -> bool:

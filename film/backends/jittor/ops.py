@@ -41,6 +41,11 @@ def is_nhwc() -> bool:
     return getattr(_state, "nhwc", False)
 
 
+def shapes_static() -> bool:
+    """Image sizes are known numbers (Jittor exports no graphs; torch/ops.py has an export mode)."""
+    return True
+
+
 def image_dims(x: jt.Var) -> tuple[int, int, int, int]:
     if is_nhwc():
         b, h, w, c = x.shape

@@ -22,6 +22,7 @@ from film.backends.torch.core import (  # noqa: F401 - part of the Backend inter
     state_dict_numpy,
 )
 from film.backends.torch.model import Net
+from film.common.checkpoint import load_weights
 from film.common.spec import OFFICIAL, FilmConfig
 from film.errors import FilmError
 
@@ -45,13 +46,28 @@ def inference_memory() -> tuple[int, int]:
 
 
 # Peak resident memory of a CPU training step (film.common.training.plan_step): fixed + samples per forward x
-# per pixel x max(H x W, 288 x 384), per (recompute mode, heap reuse); measured at batch 2 and 4, 288x384, with
-# film bench --train-memory (benchmarks/results/*_cpu_train_memory.json), plus a few percent.
-TRAIN_MEMORY: dict[tuple[str, bool], tuple[int, int]] = {}
+# per pixel x max(H x W, 288 x 384), per (recompute mode, heap reuse). The line through batch 1 and 2 at 288x384
+# measured by film bench --train-memory (benchmarks/results/2026-12-01_cpu_train_memory.json, AMD EPYC, 2 cores),
+# per pixel +5 % (+12 % with the heap reuse on: glibc's heap can grow over more steps), fixed +5 %, at least
+# 256 MiB (the heap-on lines extrapolate below zero). tests/test_training_plan.py holds these to the results file.
+TRAIN_MEMORY: dict[tuple[str, bool], tuple[int, int]] = {
+    ("none", True): (256 * 2**20, 81200),
+    ("none", False): (798 * 2**20, 62300),
+    ("blocks", True): (256 * 2**20, 42200),
+    ("blocks", False): (341 * 2**20, 28500),
+    ("all", True): (463 * 2**20, 28600),
+    ("all", False): (605 * 2**20, 19800),
+}
 
 
 def train_memory(recompute: str, heap_reuse: bool) -> tuple[int, int]:
     return TRAIN_MEMORY[(recompute, bool(heap_reuse))]
+
+
+def load_model(checkpoint, cfg: FilmConfig | None = None, device: str = "auto"):
+    """(model, Checkpoint) from any checkpoint film reads (film.common.checkpoint.load_weights)."""
+    ck = load_weights(checkpoint, cfg)
+    return build_model(ck.cfg, ck.state_dict, device), ck
 
 
 def forward_numpy(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -9,6 +12,32 @@ import torch.nn.functional as F
 from film.common.resize import Cache, nearest_index
 
 _index_cache = Cache()  # (in, out, device) -> index map, the last 32 sizes
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def exporting():
+    """While a graph is exported for every image size (film export): no decision may depend on a size, and
+    the resize index maps are computed in the graph from the input's shape (``shapes_static`` False)."""
+    prev = getattr(_state, "export", False)
+    _state.export = True
+    try:
+        yield
+    finally:
+        _state.export = prev
+
+
+def shapes_static() -> bool:
+    """Whether image sizes are known numbers (always, except inside ``exporting``)."""
+    return not getattr(_state, "export", False)
+
+
+def _index_in_graph(in_size, out_size, device: torch.device) -> torch.Tensor:
+    """The same map as film.common.resize.nearest_index, as tensor operations on (symbolic) sizes: torch's
+    float32 scale in / out, min(floor(dst * scale), in - 1); an exported graph computes it at run time."""
+    scale = torch.full((), in_size, dtype=torch.float32) / torch.full((), out_size, dtype=torch.float32)
+    idx = torch.floor(torch.arange(out_size, device=device, dtype=torch.float32) * scale).to(torch.int64)
+    return torch.clamp(idx, max=in_size - 1)
 
 
 def _index(in_size: int, out_size: int, device: torch.device) -> torch.Tensor:
@@ -25,6 +54,9 @@ def resize_nearest(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``F.interpolate(x, size, mode='nearest')`` with index maps from film.common.resize: two gathers (NCHW),
     or one gather of whole pixel rows (channels_last, which keeps the result channels_last)."""
     b, c, h, w = x.shape
+    if not shapes_static():  # film export: one graph for every size (NCHW)
+        return x.index_select(-2, _index_in_graph(h, size[0], x.device)).index_select(
+            -1, _index_in_graph(w, size[1], x.device))
     if (h, w) == tuple(size):
         return x
     if _is_nhwc(x):
@@ -108,7 +140,11 @@ def qk_cosine(qk: torch.Tensor, heads: int, eps: float) -> torch.Tensor:
     takes that second road (its stated target is the float64 network).
     """
     b, c2, h, w = qk.shape
-    rows = _l2_normalize(qk.contiguous().reshape(b, 2, heads, c2 // 2 // heads, h * w), eps)
+    rows = qk.contiguous().reshape(b, 2, heads, c2 // 2 // heads, h * w)
+    if not shapes_static():  # film export: onnxruntime's float32 sums over H*W land ~10x farther from float64
+        rows = _l2_normalize(rows.double(), eps)  # than torch's; summed in float64 (a few % of the forward)
+        return torch.matmul(rows[:, 0], rows[:, 1].transpose(-2, -1)).to(qk.dtype)
+    rows = _l2_normalize(rows, eps)
     return torch.matmul(rows[:, 0], rows[:, 1].transpose(-2, -1))
 
 

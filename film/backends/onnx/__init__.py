@@ -1,0 +1,1 @@
+"""The onnx backend: a model exported by ``film export``, run by onnxruntime (inference only)."""
