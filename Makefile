@@ -12,7 +12,7 @@ STAMP := $(VENV)/.film-installed
 # the numerics tests, run again under an older CPU's instruction set (issue: tolerances on any x86-64 CPU)
 NUMERICS := tests/test_golden.py tests/test_parity_ops.py tests/test_parity_blocks.py tests/test_parity_train.py
 
-.PHONY: setup demo test test-fast test-avx2 clean-venv lock
+.PHONY: setup demo demo-weights test test-fast test-avx2 clean-venv lock
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	python3 -m venv $(VENV)
@@ -26,7 +26,12 @@ $(STAMP): pyproject.toml requirements/lock.txt
 setup: $(STAMP)
 
 demo: setup
-	$(VENV)/bin/film fuse --checkpoint random --random-text --pairs film/samples -o demo_out --grid --color
+	$(VENV)/bin/film fuse --checkpoint demo --random-text --pairs film/samples -o demo_out --grid --color
+
+# the shipped demo weights (docs/training.md, "Demo weights"): about an hour on 2 CPU cores, torch and Jittor
+# side by side; writes film/weights/demo.safetensors and build/demo/{curves.png,judge.json}
+demo-weights: setup
+	$(PY) -m film.demo_weights all --work build/demo
 
 test: setup
 	$(PY) -m pytest -q

@@ -7,6 +7,7 @@ max_memory_allocated on CUDA) belongs to that case alone. Implementations:
   torch-nchw      the torch backend with the official NCHW kernel order (``--no-fast``)
   torch-nhwc      the torch backend in channels_last (``--fast``)
   jittor          the Jittor backend
+  onnx            film export's ONNX model of the same weights, run by onnxruntime (inference only; when installed)
 Results: benchmarks/results/<date>_<device>.json (machine, versions, date) and a Markdown table.
 """
 
@@ -55,6 +56,7 @@ IMPLS = {
     "torch-nchw": ("torch", False, False),
     "torch-nhwc": ("torch", True, False),
     "jittor": ("jittor", None, False),
+    "onnx": ("onnx", None, False),
 }
 
 
@@ -102,6 +104,17 @@ def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, 
 
         def once():
             return trainer.step(a, b, t, cfg)[2]
+    elif backend == "onnx":  # the same seeded weights, exported once per bench run (not timed)
+        path = os.path.join(os.path.dirname(out_npy) if out_npy else tempfile.gettempdir(), "film_bench.onnx")
+        if not os.path.exists(path):
+            from film.export import export
+
+            export("random", path)
+        model, _ = be.load_model(path, None, device)
+        layout = f"onnxruntime {device}"
+
+        def once():
+            return be.forward_numpy(model, a, b, t)
     else:
         model = be.set_fast(be.build_model(OFFICIAL, sd, device), fast)
         layout = "nhwc" if be.is_fast(model) else "nchw"
@@ -331,11 +344,16 @@ def bench(
     # the torch layout that "torch" (as shipped) does not use on this device
     other = "torch-nchw" if get_backend(IMPLS["torch"][0], device).fast_default(device) else "torch-nhwc"
     impls = ["official-style", "torch", other, "jittor"]
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnxscript"):
+        impls.append("onnx")
     if backends:
         names = [ALIASES.get(b, b) for b in backends.split(",") if b]
         bad = [b for b in names if b not in IMPLS or b == "official-style"]
         if bad:
-            raise FilmError(f"--backends: unknown {', '.join(bad)} (choose from torch, torch-nchw, torch-nhwc, jittor)")
+            raise FilmError(f"--backends: unknown {', '.join(bad)} (choose from torch, torch-nchw, torch-nhwc, jittor, "
+                            "onnx)")
         impls = ["official-style"] + list(dict.fromkeys(names))
     kind = "_memory" if memory else ""
     out = output or os.path.join(
@@ -349,7 +367,7 @@ def bench(
         cases = [(i, s, False, 1) for s in size_list for i in impls]
         if train:  # at the training size, 288x384 by default: the official recipe's --small crops
             for bs in train_batches:
-                cases += [(i, size_list[0], True, bs) for i in impls if i not in ("official-style", other)]
+                cases += [(i, size_list[0], True, bs) for i in impls if i not in ("official-style", other, "onnx")]
                 cases += [("official-style", size_list[0], True, bs)]
         for impl, size, is_train, bs in tqdm(cases, desc="bench", file=sys.stderr, disable=None):
             if is_train and impl == "official-style" and not _official_fits(device, bs, *size):

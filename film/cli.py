@@ -232,8 +232,9 @@ def cmd_export(args) -> int:
     if not args.check:
         return 0
     ok, rows = check(args.output, args.checkpoint)
-    for name, d_onnx, d_torch in rows:
-        print(f"  {name}: max |onnxruntime - float64| {d_onnx:.2e}   (torch float32: {d_torch:.2e})")
+    for name, d_onnx, d_torch, d_ot in rows:
+        print(f"  {name}: max |onnxruntime - float64| {d_onnx:.2e}   torch float32 - float64 {d_torch:.2e}   "
+              f"onnxruntime - torch {d_ot:.2e}")
     print(f"check: {'OK' if ok else 'FAIL'}: onnxruntime within {CHECK_FACTOR:g} x max(torch float32 error, "
           f"{CHECK_FLOOR:g}) of the float64 network on every sample")
     return 0 if ok else 1
@@ -468,8 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("bench", help="timings, peak memory and agreement vs an official-style eager forward")
     k.add_argument("--device", default="auto", help="auto, cpu or cuda")
     k.add_argument("--sizes", nargs="+", help="HxW sizes (default: 288x384 480x640, plus 768x1024 on GPU)")
-    k.add_argument("--backends", help="comma list of torch (as shipped), torch-nchw, torch-nhwc, jittor "
-        "(default: torch, the layout torch does not ship on the device, jittor; official-style always runs)")
+    k.add_argument("--backends", help="comma list of torch (as shipped), torch-nchw, torch-nhwc, jittor, onnx "
+        "(default: torch, the layout torch does not ship on the device, jittor, and onnx when onnxruntime is "
+        "installed; official-style always runs)")
     k.add_argument("--repeats", type=int, default=3, help="timed runs per case (median reported)")
     k.add_argument("--warmup", type=int, default=1, help="untimed runs first (Jittor compiles on its first run)")
     k.add_argument("--train", action="store_true",

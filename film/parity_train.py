@@ -8,6 +8,8 @@ elements into lr-sized steps of either sign."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from film.common.data import H5Pairs
@@ -20,6 +22,28 @@ GRAD_RTOL = 1e-4
 PARAM_ATOL = 1e-5
 SIGN_NOISE_FRACTION = 1e-3
 ACCURACY_FACTOR = 10.0
+
+
+class GradRow(NamedTuple):
+    """One parameter's gradient: torch vs Jittor, and each one's own error against the float64 run, all relative
+    to max |float64 gradient| (0 without the float64 run)."""
+
+    name: str
+    rel: float
+    torch_f64: float
+    jittor_f64: float
+
+
+class ParamRow(NamedTuple):
+    """One parameter after the Adam steps: max |torch - Jittor| (outside the key bias), max over the key bias
+    (the middle third of a cross-attention's in_proj_bias, whose gradient is exactly zero), the number of
+    elements beyond PARAM_ATOL, and the element count."""
+
+    name: str
+    max_abs: float
+    key_bias_max: float
+    n_beyond: int
+    size: int
 
 
 def batches(h5: str, batch_size: int, seed: int, n: int) -> list:
@@ -65,7 +89,7 @@ def run_train_parity(state_dict, h5: str, steps: int = 3, lr: float | None = Non
         rel = float(np.abs(gt[k] - gj[k]).max()) / scale
         own = float(np.abs(gt[k] - g64[k]).max()) / scale if g64 else 0.0
         own_j = float(np.abs(gj[k] - g64[k]).max()) / scale if g64 else 0.0
-        grads.append((k, rel, own, own_j))
+        grads.append(GradRow(k, rel, own, own_j))
     losses = []
     for tr in trainers.values():
         tr.set_lr(lr_at(cfg, 0))
@@ -80,7 +104,7 @@ def run_train_parity(state_dict, h5: str, steps: int = 3, lr: float | None = Non
         if k.endswith("in_proj_bias"):
             key_bias = float(d[e : 2 * e].max())
             d = np.concatenate([d[:e], d[2 * e :]])
-        params.append((k, float(d.max()), key_bias, int((d > PARAM_ATOL).sum()), int(d.size)))
+        params.append(ParamRow(k, float(d.max()), key_bias, int((d > PARAM_ATOL).sum()), int(d.size)))
     return {"loss": (lt, lj), "grads": grads, "step_losses": losses, "params": params, "lr": cfg.lr,
             "steps": steps, "reference": bool(g64)}
 
@@ -93,12 +117,13 @@ def format_train_report(r: dict) -> tuple[str, bool]:
     lt, lj = r["loss"]
     loss_rel = abs(lt - lj) / max(abs(lt), 1e-30)
     lines = [f"loss on the first batch: torch {lt:.9g}  jittor {lj:.9g}  rel diff {loss_rel:.2e} (<= {LOSS_RTOL:g})"]
-    grads = sorted(r["grads"], key=lambda x: -x[1])
+    grads = sorted(r["grads"], key=lambda g: -g.rel)
     # strict 1e-4, or (with the float64 run) Jittor as accurate as float32 allows: its own error within
     # ACCURACY_FACTOR x torch's own. Long float32 reductions (the cross-attention over 13,824 tokens, the
     # scalar PReLU weights) leave both backends 1e-3 from float64 on some parameters (docs/training.md).
-    bad_g = {g[0] for g in grads if g[1] > GRAD_RTOL and (not r["reference"] or g[3] > max(GRAD_RTOL, ACCURACY_FACTOR * g[2]))}
-    n_strict = sum(g[1] <= GRAD_RTOL for g in grads)
+    bad_g = {g.name for g in grads if g.rel > GRAD_RTOL
+             and (not r["reference"] or g.jittor_f64 > max(GRAD_RTOL, ACCURACY_FACTOR * g.torch_f64))}
+    n_strict = sum(g.rel <= GRAD_RTOL for g in grads)
     lines.append(f"gradients: {n_strict}/{len(grads)} parameters within {GRAD_RTOL:g} (max|diff| / max|grad|); worst "
                  f"(else: Jittor's own error vs float64 <= max({GRAD_RTOL:g}, {ACCURACY_FACTOR:g} x torch's own)):")
     lines.append(f"  {'parameter':60s} {'rel':>9s} {'torch-f64':>9s} {'jittor-f64':>10s}")
@@ -109,12 +134,12 @@ def format_train_report(r: dict) -> tuple[str, bool]:
     for i, (a, b) in enumerate(r["step_losses"]):
         lines.append(f"  step {i + 1}: loss torch {a:.9g}  jittor {b:.9g}  rel diff {abs(a - b) / max(abs(a), 1e-30):.2e}")
     envelope = 2 * r["lr"] * r["steps"]
-    params = sorted(r["params"], key=lambda x: -x[1])
-    n_out = sum(p[3] for p in params)
-    n_all = sum(p[4] for p in params)
-    beyond = [p for p in params if p[1] > envelope or p[2] > envelope]
+    params = sorted(r["params"], key=lambda p: -p.max_abs)
+    n_out = sum(p.n_beyond for p in params)
+    n_all = sum(p.size for p in params)
+    beyond = [p for p in params if p.max_abs > envelope or p.key_bias_max > envelope]
     frac = n_out / max(n_all, 1)
-    lines.append(f"  parameters: worst max_abs {params[0][1]:.2e} ({params[0][0]}); {n_out} of {n_all} elements "
+    lines.append(f"  parameters: worst max_abs {params[0].max_abs:.2e} ({params[0].name}); {n_out} of {n_all} elements "
                  f"({frac:.1e}) beyond {PARAM_ATOL:g}, all within the Adam sign-noise envelope {envelope:.1e}: "
                  f"{'yes' if not beyond else 'no'} (allowed fraction {SIGN_NOISE_FRACTION:g})")
     for k, d, kb, _n, _size in beyond[:8]:

@@ -127,9 +127,30 @@ def test_bad_inputs_leave_nothing(capsys, tmp_path, exported):
 
 
 @pytest.mark.slow
-def test_export_check_official_size(capsys, tmp_path):
-    """The official network (seeded random weights): film export --check compares onnxruntime with the float64
-    network on every shipped sample at its own size."""
-    code, text = run(capsys, "export", "random", "-o", tmp_path / "film.onnx", "--check")
+def test_export_official_network_check_and_golden(capsys, tmp_path):
+    """The official network (the golden file's seeded weights, saved as safetensors): film export --check passes
+    on every shipped sample at its own size, and onnxruntime called directly (not through film) reproduces the
+    *official* network's float64 outputs (tests/golden) to 1e-5, as the Jittor backend does."""
+    import sys
+
+    import onnxruntime as ort
+
+    from film.common.checkpoint import save_checkpoint
+    from film.common.init import random_state_dict
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "golden"))
+    import make_golden as mg
+
+    golden = np.load(os.path.join(os.path.dirname(__file__), "golden", "official_outputs.npz"))
+    save_checkpoint(tmp_path / "w.safetensors", random_state_dict(seed=mg.WEIGHT_SEED))
+    code, text = run(capsys, "export", tmp_path / "w.safetensors", "-o", tmp_path / "film.onnx", "--check")
     assert code == 0, text
     assert text.count("max |onnxruntime - float64|") >= 4 and "check: OK" in text
+    session = ort.InferenceSession(str(tmp_path / "film.onnx"), providers=["CPUExecutionProvider"])
+    for case in mg.CASES:
+        name, a, b, t = mg.load_case(case)
+        (out,) = session.run(["fused"], {"imageA": a[None, None].astype(np.float32),
+                                         "imageB": b[None, None].astype(np.float32),
+                                         "text": t[None].astype(np.float32)})
+        d = float(np.abs(out[0, 0].astype(np.float64) - golden[f"{name}/output_float64"]).max())
+        assert d <= 1e-5, f"{name}: onnxruntime {d:.2e} from the official network in float64"
