@@ -3,7 +3,7 @@
 Each (implementation, size) runs in its own child process so that peak memory (ru_maxrss on CPU,
 max_memory_allocated on CUDA) belongs to that case alone. Implementations:
   official-style  the eager forward written as the official network computes (torch; the baseline)
-  torch           the torch backend as shipped (film fuse's default layout on that device; film train's NCHW)
+  torch           the torch backend as shipped (film fuse's and film train's default layout on that device)
   torch-nchw      the torch backend with the official NCHW kernel order (``--no-fast``)
   torch-nhwc      the torch backend in channels_last (``--fast``)
   jittor          the Jittor backend

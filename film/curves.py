@@ -43,6 +43,8 @@ def read_run(path: str, label: str | None = None) -> Run:
             label = f"{params.get('backend', '?')}: {label}" if isinstance(params, dict) else label
         except (OSError, ValueError):
             pass
+        if len(label) > 36:  # run folders are named by date and recipe: keep the legend from squeezing the plots
+            label = label[:17] + "..." + label[-16:]
     jsonl = path if path.endswith(".jsonl") else os.path.join(folder, "losses.jsonl")
     log = path if path.endswith(".txt") else os.path.join(folder, "log.txt")
     rows: list[dict] = []

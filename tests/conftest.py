@@ -56,3 +56,14 @@ def run_group(cmd, timeout: float, env: dict | None = None, cwd=None):
         out, err = p.communicate()
         pytest.fail(f"{' '.join(map(str, cmd[:6]))} ... did not finish within {timeout:.0f}s:\n{(out + err)[-3000:]}")
     return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+def run_cli(capsys, *argv) -> tuple[int, str]:
+    """``film`` in-process: (exit code, stdout + stderr); never a traceback."""
+    from film.cli import main
+
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "Traceback" not in text
+    return code, text

@@ -14,21 +14,14 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-
-from film.cli import main
+from conftest import run_cli as run
 
 # sha256 of film/weights/demo.safetensors, recorded when it was made (make demo-weights; docs/training.md): a
 # change to the shipped weights must be deliberate and change this line with it
-DEMO_SHA256 = None
+DEMO_SHA256 = "71ba6c9a3574a3dd74d159a1eb92fa690364bb90d483fcfba72865095932c2b1"
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "fusion_samples")
 
 
-def run(capsys, *argv) -> tuple[int, str]:
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    text = out.out + out.err
-    assert "Traceback" not in text
-    return code, text
 
 
 def _losses(run_dir) -> list[dict]:

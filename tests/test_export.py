@@ -16,6 +16,8 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+from conftest import run_cli as run  # noqa: E402
+
 from film.cli import main  # noqa: E402
 from film.common.spec import TINY  # noqa: E402
 from film.errors import FilmError  # noqa: E402
@@ -23,12 +25,6 @@ from film.errors import FilmError  # noqa: E402
 pytestmark = pytest.mark.torch
 
 
-def run(capsys, *argv) -> tuple[int, str]:
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    text = out.out + out.err
-    assert "Traceback" not in text
-    return code, text
 
 
 @pytest.fixture(scope="module")

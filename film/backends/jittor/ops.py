@@ -88,8 +88,8 @@ def qk_cosine(qk: jt.Var, heads: int, eps: float) -> jt.Var:
     """The MDTA's per-head cosine similarities ``normalize(q) @ normalize(k)^T`` over H*W (as F.normalize:
     x / max(||x||, eps)): qk = q | k channels, (B, 2C, H, W) logical -> (B, heads, C/heads, C/heads).
 
-    NCHW (training): the official order, norms and gram accumulated in float64. NHWC (inference, oneDNN):
-    G = [q k]^T [q k] over the pixel rows, whose diagonal holds the squared norms and whose q-k block holds
+    NCHW (--no-fast): the official order, norms and gram accumulated in float64. NHWC (the default on oneDNN,
+    inference and training): G = [q k]^T [q k] over the pixel rows, whose diagonal holds the squared norms and whose q-k block holds
     the raw products, divided by the norms afterwards (the same quantity, no transpose of q, k). G is summed
     in float64 from float32 oneDNN sgemm partials over 4096 pixel rows each: one float32 sgemm over all H*W
     rows (0.2 s less per forward) was measured 1.13e-5 from float64 on the roadscene golden pair with oneDNN
