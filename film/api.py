@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from film.backends.registry import check_name, get_backend
+from film.backends.registry import check_name, default_backend, get_backend
 from film.common.checkpoint import Checkpoint
 from film.common.spec import FilmConfig
 from film.common.textfeat import check_text_values, text_shape_problem
@@ -163,7 +163,7 @@ def load_fuser(
     False: the official NCHW order in both.
     """
     if backend is None:  # an exported model runs with onnxruntime, anything else with torch
-        backend = "onnx" if isinstance(checkpoint, (str, os.PathLike)) and os.fspath(checkpoint).endswith(".onnx") else "torch"
+        backend = default_backend(checkpoint)
     check_name(backend)
     impl = get_backend(backend, device)
     model, ck = impl.load_model(checkpoint, cfg, device)

@@ -108,6 +108,7 @@ def cmd_parity(args) -> int:
 
 
 def cmd_fuse(args) -> int:
+    from film.backends.registry import default_backend
     from film.fuse import fuse_folder
 
     t0 = time.time()
@@ -116,7 +117,7 @@ def cmd_fuse(args) -> int:
         random_text=args.random_text, backend=args.backend, device=args.device, color=args.color, grid=args.grid,
         batch_size=args.batch_size, fast=args.fast,
     )
-    backend = args.backend or ("onnx" if str(args.checkpoint).endswith(".onnx") else "torch")
+    backend = args.backend or default_backend(args.checkpoint)
     print(f"fused {n} pair(s) with {backend} in {time.time() - t0:.1f}s -> {args.output}")
     return 0
 

@@ -76,7 +76,8 @@ def _augment(rng, x: np.ndarray, k: int, flip: bool) -> np.ndarray:
 
 
 def prepare(data: str, out: str) -> dict:
-    """Write the training H5 (film prepare's layout: imageA, imageB, text groups) and return its manifest."""
+    """Write the training H5 (film prepare's layout: imageA, imageB, text groups) and its manifest next to it
+    (``out + ".json"``: the recipe's constants and every pair with its images' SHA-256); returns the manifest."""
     import h5py
 
     from film.common.safeio import atomic_path
@@ -101,6 +102,9 @@ def prepare(data: str, out: str) -> dict:
                 for g, img in ((ga, a), (gb, b)):
                     g.create_dataset(name, data=_augment(rng, img[y : y + CROP, x : x + CROP], k, flip)[None])
                 gt.create_dataset(name, data=text)
+    from film.common.safeio import atomic_write_bytes
+
+    atomic_write_bytes(out + ".json", json.dumps(manifest, indent=1).encode())
     return manifest
 
 
@@ -205,9 +209,7 @@ def run_all(work: str, data: str, output: str) -> int:
     os.makedirs(work, exist_ok=True)
     h5 = os.path.join(work, "demo_train.h5")
     if not os.path.exists(h5):
-        manifest = prepare(data, h5)
-        with open(h5 + ".json", "w") as f:
-            json.dump(manifest, f, indent=1)
+        prepare(data, h5)
     film = [sys.executable, "-m", "film"]
     procs, runs = {}, {}
     for be in ("torch", "jittor"):
@@ -267,8 +269,6 @@ def main(argv: list[str] | None = None) -> int:
             return run_all(args.work, args.data, args.output)
         if args.cmd == "prepare":
             manifest = prepare(args.data, args.output)
-            with open(args.output + ".json", "w") as f:
-                json.dump(manifest, f, indent=1)
             n = len(manifest["pairs"])
             print(f"{args.output}: {n} pairs x {CROPS_PER_PAIR} crops of {CROP}x{CROP}; film train flags: "
                   + " ".join(RECIPE_FLAGS))

@@ -166,10 +166,10 @@ def fuse_folder(
 
 def _fuse(args: FuseOptions) -> int:
     from film.api import load_fuser
-    from film.backends.registry import check_name
+    from film.backends.registry import check_name, default_backend
 
     if args.backend is None:  # as load_fuser: an exported model runs with onnxruntime
-        args.backend = "onnx" if str(args.checkpoint or "").endswith(".onnx") else "torch"
+        args.backend = default_backend(args.checkpoint)
     check_name(args.backend)
     if args.batch_size < 1:
         raise FilmError("--batch-size must be at least 1")

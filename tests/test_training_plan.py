@@ -178,3 +178,15 @@ def test_train_memory_constants_match_the_measurement(tb, jb):
                 fixed, per_px = impl.train_memory(mode, heap)
                 assert m["bytes_per_pixel"] <= per_px <= 1.15 * m["bytes_per_pixel"] + 1, (impl.NAME, mode, heap)
                 assert fixed >= 0.9 * m["fixed_bytes"], (impl.NAME, mode, heap)
+
+
+def test_missing_train_memory_entry_is_one_line(tb):
+    """An entry a backend has not measured is a FilmError naming it (an empty table once gave a KeyError in every
+    film train), and load_fuser/film fuse pick the backend by the checkpoint's kind in one place."""
+    from film.backends.registry import default_backend
+    from film.errors import FilmError
+
+    with pytest.raises(FilmError, match="no measured training memory for --recompute bogus"):
+        tb.train_memory("bogus", True)
+    assert [default_backend(c) for c in ("m.onnx", "IVF.pth", "demo", None, {"a": 1})] == [
+        "onnx", "torch", "torch", "torch", "torch"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 from film.backends.base import Backend
 from film.errors import FilmError
@@ -15,6 +16,13 @@ _INSTALL_HINT = {
     "onnx": "pip install 'film-fusion[onnx]'  (onnxruntime)",
 }
 _MODULE = {"torch": "torch", "jittor": "jittor", "onnx": "onnxruntime"}
+
+
+def default_backend(checkpoint) -> str:
+    """The backend for a checkpoint when none is named: an .onnx file made by film export runs with onnxruntime,
+    anything else (a weights file, a state dict, "demo", "random", None) with torch."""
+    path = checkpoint if isinstance(checkpoint, (str, os.PathLike)) else ""
+    return "onnx" if os.fspath(path).endswith(".onnx") else "torch"
 
 
 def check_name(name: str, choices: tuple[str, ...] = BACKENDS) -> str:

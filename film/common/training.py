@@ -79,6 +79,16 @@ def _local_processes() -> int:
     return 1
 
 
+def measured_train_memory(table: dict, backend: str, recompute: str, heap_reuse: bool) -> tuple[int, int]:
+    """A backend's ``train_memory``: its measured (fixed bytes, bytes per pixel) for this recompute mode and heap
+    policy (its ``TRAIN_MEMORY``, from film bench --train-memory), or one FilmError naming what is missing."""
+    try:
+        return table[(recompute, bool(heap_reuse))]
+    except KeyError:
+        raise FilmError(f"the {backend} backend has no measured training memory for --recompute {recompute} with "
+                        f"heap reuse {'on' if heap_reuse else 'off'} (film bench --train-memory)") from None
+
+
 def plan_step(be, cfg, batch: int, h: int, w: int, device: str) -> StepPlan:
     """Pick the micro-batch and the heap policy of a training step so that its estimated peak memory fits.
 

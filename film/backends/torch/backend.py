@@ -61,7 +61,9 @@ TRAIN_MEMORY: dict[tuple[str, bool], tuple[int, int]] = {
 
 
 def train_memory(recompute: str, heap_reuse: bool) -> tuple[int, int]:
-    return TRAIN_MEMORY[(recompute, bool(heap_reuse))]
+    from film.common.training import measured_train_memory
+
+    return measured_train_memory(TRAIN_MEMORY, NAME, recompute, heap_reuse)
 
 
 def load_model(checkpoint, cfg: FilmConfig | None = None, device: str = "auto"):
