@@ -405,6 +405,27 @@ def test_onednn_setup_and_fallback(tmp_path, monkeypatch):
     assert os.readlink(os.path.join(home, "include")) == str(inc)
 
 
+def test_jittor_compiles_operators_in_one_thread(jb):
+    """Jittor's parallel operator compiler races (a worker thread segfaulted in CI; a fresh operator failed to
+    load in issue 20): film turns it off before Jittor is imported, and a user's own setting still wins."""
+    from film.backends.jittor import runtime
+
+    import jittor
+
+    assert jb is not None and jittor.flags.use_parallel_op_compiler == 0
+    env = dict(os.environ)
+    try:
+        os.environ.pop("use_parallel_op_compiler", None)
+        runtime.configure_env("cpu")
+        assert os.environ["use_parallel_op_compiler"] == "0"
+        os.environ["use_parallel_op_compiler"] = "4"
+        runtime.configure_env("cpu")
+        assert os.environ["use_parallel_op_compiler"] == "4"
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+
+
 @pytest.mark.slow
 def test_jittor_without_onednn_still_matches_torch(tb, tmp_path):
     """The forced fallback (use_mkl=0: Jittor's own kernels) end to end in a fresh process: the TINY network

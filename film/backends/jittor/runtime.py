@@ -15,6 +15,13 @@ happens right before ``import jittor`` and uses ``os.environ.setdefault`` (a use
   C++20 make its headers compile, cutlass/cutt/nccl (downloads) are off, and its own convolution is
   used instead of cuDNN 8 names. Built in a separate cache (``cache_name``).
 * ``log_silent=1`` keeps Jittor's info lines off the user's terminal (``FILM_JITTOR_VERBOSE=1`` shows them).
+* ``use_parallel_op_compiler=0``: Jittor compiles (and loads from its cache) the operators of a new graph one at
+  a time, in the thread that runs it, instead of in up to 16 threads. Its parallel compiler is not thread-safe:
+  the main thread takes the cache's file lock for all of them (``jittor::lock_guard`` then skips the lock in
+  every worker), and we saw a worker segfault ("Caught segfault ... thread_name: 'C2'", CI, warm cache) and a
+  freshly compiled operator fail to load ("Loading symbol ...jit_run... failed: undefined symbol", issue 20).
+  Measured cost: a cold compile of the training graph takes 183 s instead of 109 s (2 cores), once per
+  machine; a warm cache loads in about the same time. ``use_parallel_op_compiler=16`` brings the old way back.
 
 When its compile flags change Jittor prints "please rerun" and calls ``sys.exit(0)`` in the middle of
 the import. We therefore warm Jittor up in a child process first (once per environment, remembered
@@ -154,6 +161,7 @@ def configure_env(device: str = "auto") -> str:
         configure_onednn()
     if os.environ.get("FILM_JITTOR_VERBOSE", "0") != "1":
         os.environ.setdefault("log_silent", "1")
+    os.environ.setdefault("use_parallel_op_compiler", "0")  # its threads race (module docstring)
     if not want_cuda:
         os.environ.setdefault("nvcc_path", "")
         return "cpu"

@@ -223,7 +223,8 @@ def precompile_training(model_cfg, cfg, device: str) -> None:
     """Compile (and load) every Jittor operator of a training step in one child process: a step of the real
     configuration on a tiny random batch. Ranks that start compiling the same operators at once into one cache
     were seen to load an operator's library while another process was still writing it ("Loading symbol
-    ...jit_run... failed: undefined symbol", issue 20); after this they only load finished files. A failure to
+    ...jit_run... failed: undefined symbol", issue 20); after this they only load finished files. (Within one
+    process Jittor's parallel compiler is off for the same reason: runtime.configure_env.) A failure to
     load a freshly compiled operator is retried once in a fresh process. No-op where the launcher already did it."""
     import json
     import os
