@@ -3,6 +3,9 @@
 Each (implementation, size) runs in its own child process so that peak memory (ru_maxrss on CPU,
 max_memory_allocated on CUDA) belongs to that case alone. Implementations:
   official-style  the eager forward written as the official network computes (torch; the baseline)
+  official-heap   the same, in a process that keeps freed memory for reuse (the official code run with
+                  GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647, the same two
+                  malloc settings film.common.heap makes): the strongest baseline (film bench --train only)
   torch           the torch backend as shipped (film fuse's and film train's default layout on that device)
   torch-nchw      the torch backend with the official NCHW kernel order (``--no-fast``)
   torch-nhwc      the torch backend in channels_last (``--fast``)
@@ -24,7 +27,7 @@ import time
 
 import numpy as np
 
-from film.common.safeio import atomic_write_bytes, check_output_file
+from film.common.atomic import atomic_write_bytes, check_output_file
 from film.errors import FilmError
 
 ALIASES = {"torch-fast": "torch-nhwc"}
@@ -52,12 +55,14 @@ def _inputs(h: int, w: int, batch: int = 1):
 # label -> (backend, fast inference layout: None = as shipped, official-style forward)
 IMPLS = {
     "official-style": ("torch", False, True),
+    "official-heap": ("torch", False, True),
     "torch": ("torch", None, False),
     "torch-nchw": ("torch", False, False),
     "torch-nhwc": ("torch", True, False),
     "jittor": ("jittor", None, False),
     "onnx": ("onnx", None, False),
 }
+BASELINES = ("official-style", "official-heap")  # every other case is compared with each
 
 
 def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, train: bool, out_npy: str | None,
@@ -75,7 +80,9 @@ def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, 
     from film.common.training import TrainConfig
 
     backend, fast, official = IMPLS[impl]
-    if not official and not train:  # as film fuse runs (its process keeps freed memory; film.common.heap)
+    # as film fuse runs (its process keeps freed memory; film.common.heap), and the official code under the glibc
+    # tunables (the same two settings); a training step of ours decides in its memory plan
+    if (not official and not train) or impl == "official-heap":
         from film.common.heap import enable_for_process
 
         enable_for_process()
@@ -123,6 +130,8 @@ def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, 
         def once():
             return be.forward_numpy(runner, a, b, t)
 
+    from film.common.heap import is_on as heap_is_on
+
     for _ in range(warmup):
         once()
     be.gpu_memory_mb(reset=True)
@@ -137,7 +146,7 @@ def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, 
         "impl": impl, "layout": layout, "size": f"{h}x{w}", "train": train, "batch": batch if train else 1,
         "plan": plan, "recompute": recompute, "heap_reuse": heap, "median_s": statistics.median(times),
         "times_s": times, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_gpu_mb": be.gpu_memory_mb(), "versions": be.versions(),
+        "peak_gpu_mb": be.gpu_memory_mb(), "versions": be.versions(), "heap_reuse_on": heap_is_on(),
     }
 
 
@@ -235,15 +244,15 @@ def bench_metrics(repeats: int = 3) -> dict:
 MEMORY_SIZES = ["256x256", "512x512", "768x768"]
 
 
-def _official_fits(device: str, batch: int, h: int, w: int) -> bool:
-    """Whether the official-style step (every activation kept, NCHW, glibc's defaults) fits in this machine's
-    memory, by the torch backend's measured constants for that configuration."""
+def _official_fits(device: str, batch: int, h: int, w: int, heap: bool = False) -> bool:
+    """Whether the official-style step (every activation kept, NCHW, glibc's defaults or ``heap`` reuse) fits in
+    this machine's memory, by the torch backend's measured constants for that configuration."""
     if device != "cpu":
         return True
     from film.api import available_memory
     from film.backends.registry import get_backend
 
-    fixed, per_px = get_backend("torch", device).train_memory("none", False)
+    fixed, per_px = get_backend("torch", device).train_memory("none", heap)
     avail = available_memory()
     return avail is None or fixed + batch * per_px * max(h * w, 288 * 384) <= avail
 
@@ -350,7 +359,7 @@ def bench(
         impls.append("onnx")
     if backends:
         names = [ALIASES.get(b, b) for b in backends.split(",") if b]
-        bad = [b for b in names if b not in IMPLS or b == "official-style"]
+        bad = [b for b in names if b not in IMPLS or b in BASELINES]
         if bad:
             raise FilmError(f"--backends: unknown {', '.join(bad)} (choose from torch, torch-nchw, torch-nhwc, jittor, "
                             "onnx)")
@@ -367,10 +376,10 @@ def bench(
         cases = [(i, s, False, 1) for s in size_list for i in impls]
         if train:  # at the training size, 288x384 by default: the official recipe's --small crops
             for bs in train_batches:
-                cases += [(i, size_list[0], True, bs) for i in impls if i not in ("official-style", other, "onnx")]
-                cases += [("official-style", size_list[0], True, bs)]
+                cases += [(i, size_list[0], True, bs) for i in impls if i not in BASELINES + (other, "onnx")]
+                cases += [(i, size_list[0], True, bs) for i in BASELINES]
         for impl, size, is_train, bs in tqdm(cases, desc="bench", file=sys.stderr, disable=None):
-            if is_train and impl == "official-style" and not _official_fits(device, bs, *size):
+            if is_train and impl in BASELINES and not _official_fits(device, bs, *size, impl == "official-heap"):
                 results["train_step"].append({
                     "impl": impl, "size": f"{size[0]}x{size[1]}", "train": True, "batch": bs,
                     "failed": "not run: the official step at this batch needs more memory than this machine has"})
@@ -378,16 +387,18 @@ def bench(
             r = _child(impl, size, device, repeats, warmup, is_train, tmp, bs)
             (results["train_step"] if is_train else results["inference"]).append(r)
         for group in ("inference", "train_step"):
-            base = {(r["size"], r.get("batch", 1)): r for r in results[group]
-                    if r["impl"] == "official-style" and "failed" not in r}
-            for r in results[group]:
-                b = base.get((r["size"], r.get("batch", 1)))
-                if b is None or "failed" in r:
-                    continue
-                if not r["train"]:
-                    r["max_abs_vs_official_style"] = float(np.abs(np.load(r["_npy"]) - np.load(b["_npy"])).max())
-                r["speedup_vs_official_style"] = b["median_s"] / r["median_s"]
-                r["memory_vs_official_style"] = _peak_mb(r) / _peak_mb(b)
+            for name in BASELINES:
+                key = name.replace("-", "_")
+                base = {(r["size"], r.get("batch", 1)): r for r in results[group]
+                        if r["impl"] == name and "failed" not in r}
+                for r in results[group]:
+                    b = base.get((r["size"], r.get("batch", 1)))
+                    if b is None or "failed" in r:
+                        continue
+                    if not r["train"]:
+                        r[f"max_abs_vs_{key}"] = float(np.abs(np.load(r["_npy"]) - np.load(b["_npy"])).max())
+                    r[f"speedup_vs_{key}"] = b["median_s"] / r["median_s"]
+                    r[f"memory_vs_{key}"] = _peak_mb(r) / _peak_mb(b)
             for r in results[group]:
                 r.pop("_npy", None)
     if memory:
@@ -417,19 +428,23 @@ def format_results(res: dict) -> str:
         for k, f in res["fit"].items():
             lines.append(f"fit {k}: {f['fixed_bytes'] / 2**20:.0f} MB + {f['bytes_per_pixel']} B/pixel per sample")
         return "\n".join(lines)
-    lines += ["| what | size | impl | median s | vs official-style | peak MB | vs official-style | max abs vs official-style |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["| what | size | impl | median s | vs official-style | vs official-heap | peak MB | vs official-style | "
+              "vs official-heap | max abs vs official-style |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def ratio(r, k):
+        return "" if r.get(k) is None else f"{r[k]:.2f}x"
+
     for group in ("inference", "train_step"):
         for r in res[group]:
             label = "inference" if group == "inference" else f"train step (bs {r.get('batch', 2)})"
             if "failed" in r:
-                lines.append(f"| {label} | {r['size']} | {r['impl']} | {r['failed']} | | | | |")
+                lines.append(f"| {label} | {r['size']} | {r['impl']} | {r['failed']} |" + " |" * 6)
                 continue
-            sp, mem, d = (r.get(k) for k in ("speedup_vs_official_style", "memory_vs_official_style",
-                                               "max_abs_vs_official_style"))
+            d = r.get("max_abs_vs_official_style")
             lines.append(f"| {label} | {r['size']} | {_impl_label(r)} | {r['median_s']:.3f} | "
-                         f"{'' if sp is None else f'{sp:.2f}x'} | {_peak_mb(r):.0f} | "
-                         f"{'' if mem is None else f'{mem:.2f}x'} | {'' if d is None else f'{d:.1e}'} |")
+                         f"{ratio(r, 'speedup_vs_official_style')} | {ratio(r, 'speedup_vs_official_heap')} | "
+                         f"{_peak_mb(r):.0f} | {ratio(r, 'memory_vs_official_style')} | "
+                         f"{ratio(r, 'memory_vs_official_heap')} | {'' if d is None else f'{d:.1e}'} |")
     plans = [(r["impl"], r.get("batch"), r["plan"]) for r in res["train_step"] if r.get("plan")]
     for impl, bs, plan in plans:
         lines.append(f"\n{impl} train step, bs {bs}: {plan}")

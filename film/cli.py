@@ -13,6 +13,7 @@ import os
 import sys
 import time
 
+from film.common.spec import OFFICIAL_RECIPE
 from film.errors import FilmError
 
 
@@ -25,6 +26,16 @@ def _progress(iterable, total: int, desc: str):
 
 
 # --------------------------------------------------------------------------- convert
+
+
+def add_convert(sub) -> None:
+    c = sub.add_parser("convert", help="convert a checkpoint between .pth, .pkl and .safetensors")
+    c.add_argument("src", help="input checkpoint (.pth official/training dict/bare, .pkl, .safetensors)")
+    c.add_argument("-o", "--output", required=True, help="output path; its extension picks the format")
+    c.add_argument(
+        "--keep-optimizer", action="store_true", help="keep optimizer/scheduler state (.pth/.pkl only)"
+    )
+    c.set_defaults(func=cmd_convert)
 
 
 def cmd_convert(args) -> int:
@@ -44,9 +55,45 @@ def _add_fast(parser) -> None:
         "--fast",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="torch: channels_last convolutions, 1.5-1.8x on CPU, 4-8e-6 from the official kernels' output "
-        "(default: on for CPU, off for CUDA); --no-fast runs the official NCHW kernel order",
+        help="the backend's fast layout: torch channels_last convolutions (1.5-1.8x on CPU), Jittor NHWC on oneDNN "
+        "(3-4x its NCHW kernels); 4-8e-6 from the official kernels' output (default: on for CPU where the layout "
+        "runs, off for CUDA); --no-fast runs the official NCHW kernel order",
     )
+
+
+def add_parity(sub) -> None:
+    q = sub.add_parser("parity", help="run torch and jittor on the same weights and inputs and compare")
+    q.add_argument("checkpoint", help="checkpoint path, or 'random' for seeded random weights")
+    q.add_argument(
+        "--pairs",
+        help="folder with paired images (ir/vi, MRI/CT, over/under, near/far, A/B sub-folders, "
+        "searched recursively); default: the shipped samples",
+    )
+    q.add_argument("--text", help="folder of <name>.npy text features; default: seeded synthetic features")
+    q.add_argument("--limit", type=int, default=None, help="compare at most this many pairs")
+    _add_fast(q)
+    q.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    q.add_argument("--atol", type=float, default=None, help="output tolerance (default 1e-5)")
+    q.add_argument(
+        "--rtol", type=float, default=None, help="per-tap tolerance relative to max|x| (default 1e-5)"
+    )
+    q.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="skip the float64 reference run (then the plain tolerances apply, without torch's own rounding allowance)",
+    )
+    q.add_argument(
+        "--metrics", action="store_true", help="also compare the twelve film eval metrics of both backends' uint8 images"
+    )
+    q.add_argument("--train", action="store_true", help="compare a training step instead: loss, gradients, Adam steps")
+    q.add_argument("--h5", help="with --train: the training H5 whose first batches are used")
+    q.add_argument("--steps", type=int, default=3, help="with --train: Adam steps to compare (default 3)")
+    q.add_argument("--lr", type=float, default=None,
+                   help=f"with --train: learning rate (default the official {OFFICIAL_RECIPE.lr:g})")
+    q.add_argument("--seed", type=int, default=0, help="with --train: batch order seed")
+    # the tiny test configuration (same structure, small shapes): smoke tests of --train in seconds
+    q.add_argument("--config", choices=("official", "tiny"), default="official", help=argparse.SUPPRESS)
+    q.set_defaults(func=cmd_parity)
 
 
 def cmd_parity(args) -> int:
@@ -107,209 +154,7 @@ def cmd_parity(args) -> int:
 # --------------------------------------------------------------------------- fuse
 
 
-def cmd_fuse(args) -> int:
-    from film.backends.registry import default_backend
-    from film.fuse import fuse_folder
-
-    t0 = time.time()
-    n = fuse_folder(
-        args.output, args.checkpoint, a=args.a, b=args.b, pairs=args.pairs, h5=args.h5, text=args.text,
-        random_text=args.random_text, backend=args.backend, device=args.device, color=args.color, grid=args.grid,
-        batch_size=args.batch_size, fast=args.fast,
-    )
-    backend = args.backend or default_backend(args.checkpoint)
-    print(f"fused {n} pair(s) with {backend} in {time.time() - t0:.1f}s -> {args.output}")
-    return 0
-
-
-def cmd_eval(args) -> int:
-    from film.evaluate import evaluate, format_table
-
-    results = evaluate(args.fused, args.a, args.b, args.metrics, args.json, args.csv, args.name)
-    dataset = args.dataset or os.path.basename(os.path.dirname(os.path.normpath(args.a))) or "dataset"
-    print(format_table(results, list(next(iter(results.values()))["mean"]), dataset))
-    return 0
-
-
-def cmd_train(args) -> int:
-    from film.common.spec import OFFICIAL, TINY
-    from film.train import is_main_process, launch, train
-
-    if args.nproc is not None and args.nproc != 1:
-        from film.common.training import TrainConfig, read_run_params
-
-        backend = args.backend or (read_run_params(args.resume).get("backend") if args.resume else None) or "torch"
-
-        step = TrainConfig(h5="", recompute=args.recompute, fast=args.fast,
-                           ssim_weight=args.ssim_weight if args.ssim_weight is not None else 0.0)
-        return launch(backend, args.device, args.nproc, sys.argv[1:] if args.argv is None else args.argv,
-                      model_cfg=TINY if args.config == "tiny" else OFFICIAL, step_cfg=step)
-    run_dir = train(
-        args.h5, backend=args.backend, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        step_size=args.step_size, gamma=args.gamma, grad_weight=args.grad_weight, ssim_weight=args.ssim_weight,
-        seed=args.seed, device=args.device, init=args.init, resume=args.resume, max_steps=args.max_steps,
-        model_cfg=TINY if args.config == "tiny" else OFFICIAL, recompute=args.recompute,
-        micro_batch=args.micro_batch, fast=args.fast, heap_reuse=True,
-    )
-    if is_main_process():
-        print(f"run folder: {run_dir}")
-    return 0
-
-
-def cmd_text(args) -> int:
-    from film import text as T
-
-    if args.save_encoder:
-        if args.a_text or args.b_text or args.a or args.b:
-            raise FilmError("--save-encoder only saves the encoder: give no paragraphs with it")
-        t0 = time.time()
-        T.load_encoder(args.encoder, args.device).save(args.save_encoder)
-        print(f"saved the text encoder {args.encoder} to {args.save_encoder} in {time.time() - t0:.1f}s; "
-              f"use it with --encoder {args.save_encoder}")
-        return 0
-    if not args.output:
-        raise FilmError("-o/--output is required (a folder with --a-text/--b-text, a .npy file with --a/--b)")
-    if args.a is not None or args.b is not None:  # one pair
-        if args.a is None or args.b is None or args.a_text or args.b_text:
-            raise FilmError("the one-pair form takes both --a PARAGRAPH and --b PARAGRAPH, and no folders")
-        if not args.output.endswith(".npy"):
-            raise FilmError(f"{args.output}: the one-pair form writes a .npy file")
-        from film.common.safeio import check_output_file
-
-        check_output_file(args.output)
-        t0 = time.time()
-        feats = T.encode_text(args.a, args.b, args.encoder, args.device, args.max_tokens)
-        T.save_npy(args.output, feats)
-        print(f"wrote {args.output} {feats.shape} in {time.time() - t0:.1f}s")
-        return 0
-    if not args.a_text or not args.b_text:
-        raise FilmError("give --a-text DIR and --b-text DIR (folders of <name>.txt), or --a and --b paragraphs")
-    n, secs = T.encode_folders(args.a_text, args.b_text, args.output, args.encoder, args.device,
-                               args.batch_size, args.max_tokens)
-    print(f"encoded {n} pair(s) in {secs:.1f}s -> {args.output}")
-    return 0
-
-
-def cmd_describe(args) -> int:
-    from film.describe import Captioner, describe_folders
-
-    if args.save_captioner:
-        if args.a or args.b or args.output:
-            raise FilmError("--save-captioner only saves the captioner: give no --a/--b/-o with it")
-        t0 = time.time()
-        Captioner(args.captioner, args.device).save(args.save_captioner)
-        print(f"saved the captioner {args.captioner} to {args.save_captioner} in {time.time() - t0:.1f}s; "
-              f"use it with --captioner {args.save_captioner}")
-        return 0
-    missing = [f for f, v in (("--a", args.a), ("--b", args.b), ("--task", args.task), ("-o", args.output)) if not v]
-    if missing:
-        raise FilmError(f"film describe needs {', '.join(missing)} (or --save-captioner DIR alone)")
-    n, secs = describe_folders(args.a, args.b, args.task, args.output, args.captioner, args.device,
-                               args.b_modality, args.overwrite)
-    print(f"drafted paragraphs for {n} pair(s) in {secs:.1f}s -> {args.output}/A, {args.output}/B "
-          "(read and edit them, then: film text)")
-    return 0
-
-
-def cmd_bench(args) -> int:
-    from film.bench import bench, format_results
-
-    results, out = bench(args.device, args.sizes, args.backends, args.repeats, args.warmup, args.train,
-                         args.metrics, args.memory, args.output, tuple(args.train_batches), args.train_memory)
-    print(format_results(results))
-    print(f"results: {out}")
-    return 0
-
-
-def cmd_export(args) -> int:
-    from film.export import CHECK_FACTOR, CHECK_FLOOR, OPSET, check, export
-
-    t0 = time.time()
-    meta = export(args.checkpoint, args.output, args.opset)
-    size = os.path.getsize(args.output) / 2**20
-    print(f"{args.checkpoint} -> {args.output} ({size:.1f} MiB, opset {args.opset or OPSET}, dynamic N, H, W and L) "
-          f"in {time.time() - t0:.1f}s; " + ("seeded random weights" if args.checkpoint == "random" else
-                                            f"checkpoint sha256 {meta['film_checkpoint_sha256'][:16]}..."))
-    if not args.check:
-        return 0
-    ok, rows = check(args.output, args.checkpoint)
-    for name, d_onnx, d_torch, d_ot in rows:
-        print(f"  {name}: max |onnxruntime - float64| {d_onnx:.2e}   torch float32 - float64 {d_torch:.2e}   "
-              f"onnxruntime - torch {d_ot:.2e}")
-    print(f"check: {'OK' if ok else 'FAIL'}: onnxruntime within {CHECK_FACTOR:g} x max(torch float32 error, "
-          f"{CHECK_FLOOR:g}) of the float64 network on every sample")
-    return 0 if ok else 1
-
-
-def cmd_curves(args) -> int:
-    from film.curves import curves
-
-    _, lines = curves(args.runs, args.output, args.label, args.tol)
-    print("\n".join(lines))
-    if args.output:
-        print(f"plot: {args.output}")
-    return 0
-
-
-def cmd_prepare(args) -> int:
-    from film.prepare import prepare_h5
-
-    n, out = prepare_h5(args.output, vlf=args.vlf, task=args.task, dataset=args.dataset, split=args.split,
-                        small=args.small, a=args.a, b=args.b, text=args.text, name=args.name)
-    print(f"wrote {n} samples to {out}")
-    return 0
-
-
-# --------------------------------------------------------------------------- parser
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="film", description="FILM image fusion in PyTorch and Jittor")
-    from film import __version__
-
-    p.add_argument("--version", action="version", version=f"film {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    c = sub.add_parser("convert", help="convert a checkpoint between .pth, .pkl and .safetensors")
-    c.add_argument("src", help="input checkpoint (.pth official/training dict/bare, .pkl, .safetensors)")
-    c.add_argument("-o", "--output", required=True, help="output path; its extension picks the format")
-    c.add_argument(
-        "--keep-optimizer", action="store_true", help="keep optimizer/scheduler state (.pth/.pkl only)"
-    )
-    c.set_defaults(func=cmd_convert)
-
-    q = sub.add_parser("parity", help="run torch and jittor on the same weights and inputs and compare")
-    q.add_argument("checkpoint", help="checkpoint path, or 'random' for seeded random weights")
-    q.add_argument(
-        "--pairs",
-        help="folder with paired images (ir/vi, MRI/CT, over/under, near/far, A/B sub-folders, "
-        "searched recursively); default: the shipped samples",
-    )
-    q.add_argument("--text", help="folder of <name>.npy text features; default: seeded synthetic features")
-    q.add_argument("--limit", type=int, default=None, help="compare at most this many pairs")
-    _add_fast(q)
-    q.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    q.add_argument("--atol", type=float, default=None, help="output tolerance (default 1e-5)")
-    q.add_argument(
-        "--rtol", type=float, default=None, help="per-tap tolerance relative to max|x| (default 1e-5)"
-    )
-    q.add_argument(
-        "--no-reference",
-        action="store_true",
-        help="skip the float64 reference run (then the plain tolerances apply, without torch's own rounding allowance)",
-    )
-    q.add_argument(
-        "--metrics", action="store_true", help="also compare the twelve film eval metrics of both backends' uint8 images"
-    )
-    q.add_argument("--train", action="store_true", help="compare a training step instead: loss, gradients, Adam steps")
-    q.add_argument("--h5", help="with --train: the training H5 whose first batches are used")
-    q.add_argument("--steps", type=int, default=3, help="with --train: Adam steps to compare (default 3)")
-    q.add_argument("--lr", type=float, default=None, help="with --train: learning rate (default the official 1e-5)")
-    q.add_argument("--seed", type=int, default=0, help="with --train: batch order seed")
-    # the tiny test configuration (same structure, small shapes): smoke tests of --train in seconds
-    q.add_argument("--config", choices=("official", "tiny"), default="official", help=argparse.SUPPRESS)
-    q.set_defaults(func=cmd_parity)
-
+def add_fuse(sub) -> None:
     f = sub.add_parser("fuse", help="fuse image pairs and save PNGs as the official test.py does")
     f.add_argument(
         "--checkpoint", required=True, help="checkpoint path, or 'random' for seeded random weights (demo)"
@@ -337,6 +182,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fast(f)
     f.set_defaults(func=cmd_fuse)
 
+
+def cmd_fuse(args) -> int:
+    from film.backends.registry import default_backend
+    from film.fuse import fuse_folder
+
+    t0 = time.time()
+    n = fuse_folder(
+        args.output, args.checkpoint, a=args.a, b=args.b, pairs=args.pairs, h5=args.h5, text=args.text,
+        random_text=args.random_text, backend=args.backend, device=args.device, color=args.color, grid=args.grid,
+        batch_size=args.batch_size, fast=args.fast,
+    )
+    backend = args.backend or default_backend(args.checkpoint)
+    print(f"fused {n} pair(s) with {backend} in {time.time() - t0:.1f}s -> {args.output}")
+    return 0
+
+
+def add_eval(sub) -> None:
     e = sub.add_parser("eval", help="the twelve metrics of the official Evaluator")
     e.add_argument(
         "--fused", required=True, action="append", help="folder of fused images (repeat to compare methods)"
@@ -354,41 +216,33 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--csv", help="write per-image results as CSV")
     e.set_defaults(func=cmd_eval)
 
-    r = sub.add_parser(
-        "prepare", help="VLF dataset layout (or two folders + text) -> H5 for training/testing"
-    )
-    r.add_argument("--vlf", help="VLF dataset root (Image/, TextFeature/)")
-    r.add_argument("--task", choices=["IVF", "MIF", "MEF", "MFF"], help="task (with --vlf)")
-    r.add_argument("--dataset", help="dataset name, e.g. MSRS (with --vlf)")
-    r.add_argument(
-        "--split", choices=["train", "test"], help="split list file Image/<task>/<dataset>/<split>.txt"
-    )
-    r.add_argument(
-        "--small", action="store_true", help="official 'small' training resize to 384x288 / 288x384"
-    )
-    r.add_argument("--a", help="folder of A images (own data mode)")
-    r.add_argument("--b", help="folder of B images (own data mode)")
-    r.add_argument("--text", help="folder of <name>.npy text features (own data mode)")
-    r.add_argument("--name", help="output name in own-data mode (default: folder name of --a's parent)")
-    r.add_argument("-o", "--output", required=True, help="output folder for <dataset>_<split>.h5")
-    r.set_defaults(func=cmd_prepare)
 
+def cmd_eval(args) -> int:
+    from film.evaluate import evaluate, format_table
+
+    results = evaluate(args.fused, args.a, args.b, args.metrics, args.json, args.csv, args.name)
+    dataset = args.dataset or os.path.basename(os.path.dirname(os.path.normpath(args.a))) or "dataset"
+    print(format_table(results, list(next(iter(results.values()))["mean"]), dataset))
+    return 0
+
+
+def add_train(sub) -> None:
     t = sub.add_parser("train", help="train FILM with the official recipe in either backend")
     t.add_argument("--backend", default=None,
                    help="torch (default) or jittor (with --resume: the run's own)")
     t.add_argument("--h5", help="training H5 made by film prepare (with --resume: taken from the run)")
+    r = OFFICIAL_RECIPE  # the help's defaults are the recipe's own values, never restated here
     t.add_argument("--epochs", type=int, default=None,
-                   help="default 150 (official); with --resume, a larger number extends a run (default: the run's own)")
-    t.add_argument("--batch-size", type=int, default=None, help="default 2 (official)")
-    t.add_argument("--lr", type=float, default=None, help="default 1e-5 (official)")
-    t.add_argument("--step-size", type=int, default=None, help="StepLR step in epochs, default 50")
-    t.add_argument("--gamma", type=float, default=None, help="StepLR gamma, default 0.6")
-    t.add_argument(
-        "--grad-weight", type=float, default=None, help="Sobel-gradient loss coefficient, default 20"
-    )
-    t.add_argument(
-        "--ssim-weight", type=float, default=None, help="weight of the LpLssim loss, default 0 (skipped)"
-    )
+                   help=f"default {r.epochs} (official); with --resume, a larger number extends a run (default: the "
+                   "run's own)")
+    t.add_argument("--batch-size", type=int, default=None, help=f"default {r.batch_size} (official)")
+    t.add_argument("--lr", type=float, default=None, help=f"default {r.lr:g} (official)")
+    t.add_argument("--step-size", type=int, default=None, help=f"StepLR step in epochs, default {r.step_size}")
+    t.add_argument("--gamma", type=float, default=None, help=f"StepLR gamma, default {r.gamma:g}")
+    t.add_argument("--grad-weight", type=float, default=None,
+                   help=f"Sobel-gradient loss coefficient, default {r.grad_weight:g}")
+    t.add_argument("--ssim-weight", type=float, default=None,
+                   help=f"weight of the LpLssim loss, default {r.ssim_weight:g} (0: skipped)")
     t.add_argument("--out", default="exp", help="parent folder of run folders (default exp/)")
     t.add_argument("--seed", type=int, default=0, help="data order and init seed")
     t.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -398,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--recompute", choices=("auto", "none", "blocks", "all"), default="auto",
                    help="activation recomputation: none keeps every map (the official code's ~16 GB at batch 2, "
                    "288x384), blocks recomputes each Restormer block, all also each cross-attention branch "
-                   "(default auto: all, 0.4x the official peak memory; the same numbers either way)")
+                   "(default auto: the backend's measured choice, torch all, Jittor blocks, about 0.4x the official "
+                   "peak memory; the same numbers either way)")
     t.add_argument("--micro-batch", type=int, default=None,
                    help="samples per forward/backward, their gradients added up (the same mean-loss step); "
                    "default: the whole batch, or the largest part that fits in memory")
@@ -415,6 +270,33 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", choices=("official", "tiny"), default="official", help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_train)
 
+
+def cmd_train(args) -> int:
+    from film.common.spec import OFFICIAL, TINY
+    from film.train import is_main_process, launch, train
+
+    if args.nproc is not None and args.nproc != 1:
+        from film.common.training import TrainConfig, read_run_params
+
+        backend = args.backend or (read_run_params(args.resume).get("backend") if args.resume else None) or "torch"
+
+        step = TrainConfig(h5="", recompute=args.recompute, fast=args.fast,
+                           ssim_weight=args.ssim_weight if args.ssim_weight is not None else 0.0)
+        return launch(backend, args.device, args.nproc, sys.argv[1:] if args.argv is None else args.argv,
+                      model_cfg=TINY if args.config == "tiny" else OFFICIAL, step_cfg=step)
+    run_dir = train(
+        args.h5, backend=args.backend, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        step_size=args.step_size, gamma=args.gamma, grad_weight=args.grad_weight, ssim_weight=args.ssim_weight,
+        seed=args.seed, device=args.device, init=args.init, resume=args.resume, max_steps=args.max_steps,
+        model_cfg=TINY if args.config == "tiny" else OFFICIAL, recompute=args.recompute,
+        micro_batch=args.micro_batch, fast=args.fast, heap_reuse=True,
+    )
+    if is_main_process():
+        print(f"run folder: {run_dir}")
+    return 0
+
+
+def add_text(sub) -> None:
     x = sub.add_parser("text", help="BLIP-2 Q-Former text features of your own paragraphs (what film fuse --text takes)")
     x.add_argument("--a-text", help="folder of <name>.txt paragraphs describing the A images")
     x.add_argument("--b-text", help="folder of <name>.txt paragraphs describing the B images")
@@ -434,6 +316,42 @@ def build_parser() -> argparse.ArgumentParser:
                    "checkpoint), to copy to an offline machine")
     x.set_defaults(func=cmd_text)
 
+
+def cmd_text(args) -> int:
+    from film import text as T
+
+    if args.save_encoder:
+        if args.a_text or args.b_text or args.a or args.b:
+            raise FilmError("--save-encoder only saves the encoder: give no paragraphs with it")
+        t0 = time.time()
+        T.load_encoder(args.encoder, args.device).save(args.save_encoder)
+        print(f"saved the text encoder {args.encoder} to {args.save_encoder} in {time.time() - t0:.1f}s; "
+              f"use it with --encoder {args.save_encoder}")
+        return 0
+    if not args.output:
+        raise FilmError("-o/--output is required (a folder with --a-text/--b-text, a .npy file with --a/--b)")
+    if args.a is not None or args.b is not None:  # one pair
+        if args.a is None or args.b is None or args.a_text or args.b_text:
+            raise FilmError("the one-pair form takes both --a PARAGRAPH and --b PARAGRAPH, and no folders")
+        if not args.output.endswith(".npy"):
+            raise FilmError(f"{args.output}: the one-pair form writes a .npy file")
+        from film.common.atomic import check_output_file
+
+        check_output_file(args.output)
+        t0 = time.time()
+        feats = T.encode_text(args.a, args.b, args.encoder, args.device, args.max_tokens)
+        T.save_npy(args.output, feats)
+        print(f"wrote {args.output} {feats.shape} in {time.time() - t0:.1f}s")
+        return 0
+    if not args.a_text or not args.b_text:
+        raise FilmError("give --a-text DIR and --b-text DIR (folders of <name>.txt), or --a and --b paragraphs")
+    n, secs = T.encode_folders(args.a_text, args.b_text, args.output, args.encoder, args.device,
+                               args.batch_size, args.max_tokens)
+    print(f"encoded {n} pair(s) in {secs:.1f}s -> {args.output}")
+    return 0
+
+
+def add_describe(sub) -> None:
     d = sub.add_parser("describe", help="draft one paragraph per source image with a captioning model (edit them, "
                        "then film text)")
     d.add_argument("--a", help="folder of A images")
@@ -450,23 +368,29 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true", help="replace existing paragraphs (they may hold your edits)")
     d.set_defaults(func=cmd_describe)
 
-    o = sub.add_parser("export", help="one ONNX model for every image size and text length (onnxruntime, TensorRT)")
-    o.add_argument("checkpoint", help="any checkpoint film reads (.pth, .pkl, .safetensors), demo or random")
-    o.add_argument("-o", "--output", required=True, help="the .onnx file to write")
-    o.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18: onnxruntime >= 1.14, TensorRT >= 8.6)")
-    o.add_argument("--check", action="store_true",
-                   help="run the model with onnxruntime on the shipped samples at their own sizes and compare with the "
-                   "float64 network (exit 1 when farther than 2x the torch backend's own float32 error, floor 1e-5)")
-    o.set_defaults(func=cmd_export)
 
-    v = sub.add_parser("curves", help="overlay the loss curves of training runs (total, intensity, gradient) and say "
-                       "where they part")
-    v.add_argument("runs", nargs="+", help="run folders of film train (or their losses.jsonl / log.txt)")
-    v.add_argument("-o", "--output", help="PNG to write (the four panels); without it only the summary is printed")
-    v.add_argument("--label", action="append", help="a name per run, in order (default: backend: folder name)")
-    v.add_argument("--tol", type=float, default=1e-3, help="relative difference reported as parting (default 1e-3)")
-    v.set_defaults(func=cmd_curves)
+def cmd_describe(args) -> int:
+    from film.describe import Captioner, describe_folders
 
+    if args.save_captioner:
+        if args.a or args.b or args.output:
+            raise FilmError("--save-captioner only saves the captioner: give no --a/--b/-o with it")
+        t0 = time.time()
+        Captioner(args.captioner, args.device).save(args.save_captioner)
+        print(f"saved the captioner {args.captioner} to {args.save_captioner} in {time.time() - t0:.1f}s; "
+              f"use it with --captioner {args.save_captioner}")
+        return 0
+    missing = [f for f, v in (("--a", args.a), ("--b", args.b), ("--task", args.task), ("-o", args.output)) if not v]
+    if missing:
+        raise FilmError(f"film describe needs {', '.join(missing)} (or --save-captioner DIR alone)")
+    n, secs = describe_folders(args.a, args.b, args.task, args.output, args.captioner, args.device,
+                               args.b_modality, args.overwrite)
+    print(f"drafted paragraphs for {n} pair(s) in {secs:.1f}s -> {args.output}/A, {args.output}/B "
+          "(read and edit them, then: film text)")
+    return 0
+
+
+def add_bench(sub) -> None:
     k = sub.add_parser("bench", help="timings, peak memory and agreement vs an official-style eager forward")
     k.add_argument("--device", default="auto", help="auto, cpu or cuda")
     k.add_argument("--sizes", nargs="+", help="HxW sizes (default: 288x384 480x640, plus 768x1024 on GPU)")
@@ -487,6 +411,111 @@ def build_parser() -> argparse.ArgumentParser:
                    help="peak memory per megapixel: one run per size (default 256x256 512x512 768x768) and a line fit")
     k.add_argument("-o", "--output", help="results JSON (default benchmarks/results/<date>_<device>.json)")
     k.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    from film.bench import bench, format_results
+
+    results, out = bench(args.device, args.sizes, args.backends, args.repeats, args.warmup, args.train,
+                         args.metrics, args.memory, args.output, tuple(args.train_batches), args.train_memory)
+    print(format_results(results))
+    print(f"results: {out}")
+    return 0
+
+
+def add_export(sub) -> None:
+    o = sub.add_parser("export", help="one ONNX model for every image size and text length (onnxruntime, TensorRT)")
+    o.add_argument("checkpoint", help="any checkpoint film reads (.pth, .pkl, .safetensors), demo or random")
+    o.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    o.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18: onnxruntime >= 1.14, TensorRT >= 8.6)")
+    o.add_argument("--check", action="store_true",
+                   help="run the model with onnxruntime on the shipped samples at their own sizes and compare with the "
+                   "float64 network (exit 1 when farther than 2x the torch backend's own float32 error, floor 1e-5)")
+    o.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from film.export import CHECK_FACTOR, CHECK_FLOOR, OPSET, check, export
+
+    t0 = time.time()
+    meta = export(args.checkpoint, args.output, args.opset)
+    size = os.path.getsize(args.output) / 2**20
+    print(f"{args.checkpoint} -> {args.output} ({size:.1f} MiB, opset {args.opset or OPSET}, dynamic N, H, W and L) "
+          f"in {time.time() - t0:.1f}s; " + ("seeded random weights" if args.checkpoint == "random" else
+                                            f"checkpoint sha256 {meta['film_checkpoint_sha256'][:16]}..."))
+    if not args.check:
+        return 0
+    ok, rows = check(args.output, args.checkpoint)
+    for name, d_onnx, d_torch, d_ot in rows:
+        print(f"  {name}: max |onnxruntime - float64| {d_onnx:.2e}   torch float32 - float64 {d_torch:.2e}   "
+              f"onnxruntime - torch {d_ot:.2e}")
+    print(f"check: {'OK' if ok else 'FAIL'}: onnxruntime within {CHECK_FACTOR:g} x max(torch float32 error, "
+          f"{CHECK_FLOOR:g}) of the float64 network on every sample")
+    return 0 if ok else 1
+
+
+def add_curves(sub) -> None:
+    v = sub.add_parser("curves", help="overlay the loss curves of training runs (total, intensity, gradient) and say "
+                       "where they part")
+    v.add_argument("runs", nargs="+", help="run folders of film train (or their losses.jsonl / log.txt)")
+    v.add_argument("-o", "--output", help="PNG to write (the four panels); without it only the summary is printed")
+    v.add_argument("--label", action="append", help="a name per run, in order (default: backend: folder name)")
+    v.add_argument("--tol", type=float, default=1e-3, help="relative difference reported as parting (default 1e-3)")
+    v.set_defaults(func=cmd_curves)
+
+
+def cmd_curves(args) -> int:
+    from film.curves import curves
+
+    _, lines = curves(args.runs, args.output, args.label, args.tol)
+    print("\n".join(lines))
+    if args.output:
+        print(f"plot: {args.output}")
+    return 0
+
+
+def add_prepare(sub) -> None:
+    r = sub.add_parser(
+        "prepare", help="VLF dataset layout (or two folders + text) -> H5 for training/testing"
+    )
+    r.add_argument("--vlf", help="VLF dataset root (Image/, TextFeature/)")
+    r.add_argument("--task", choices=["IVF", "MIF", "MEF", "MFF"], help="task (with --vlf)")
+    r.add_argument("--dataset", help="dataset name, e.g. MSRS (with --vlf)")
+    r.add_argument(
+        "--split", choices=["train", "test"], help="split list file Image/<task>/<dataset>/<split>.txt"
+    )
+    r.add_argument(
+        "--small", action="store_true", help="official 'small' training resize to 384x288 / 288x384"
+    )
+    r.add_argument("--a", help="folder of A images (own data mode)")
+    r.add_argument("--b", help="folder of B images (own data mode)")
+    r.add_argument("--text", help="folder of <name>.npy text features (own data mode)")
+    r.add_argument("--name", help="output name in own-data mode (default: folder name of --a's parent)")
+    r.add_argument("-o", "--output", required=True, help="output folder for <dataset>_<split>.h5")
+    r.set_defaults(func=cmd_prepare)
+
+
+def cmd_prepare(args) -> int:
+    from film.prepare import prepare_h5
+
+    n, out = prepare_h5(args.output, vlf=args.vlf, task=args.task, dataset=args.dataset, split=args.split,
+                        small=args.small, a=args.a, b=args.b, text=args.text, name=args.name)
+    print(f"wrote {n} samples to {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="film", description="FILM image fusion in PyTorch and Jittor")
+    from film import __version__
+
+    p.add_argument("--version", action="version", version=f"film {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (add_convert, add_parity, add_fuse, add_eval, add_prepare, add_train, add_text, add_describe,
+                add_export, add_curves, add_bench):
+        add(sub)
     return p
 
 

@@ -112,7 +112,7 @@ def plot(runs: list[Run], output: str, tol: float = 1e-3) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise FilmError("film curves needs matplotlib: pip install 'film-fusion[plot]'") from None
-    from film.common.safeio import atomic_path, check_output_file
+    from film.common.atomic import atomic_path, check_output_file
 
     check_output_file(output, create_dir=True)
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)

@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
+from film.common.atomic import atomic_write_bytes, check_can_make_dirs, make_dirs
 from film.common.images import match_pairs, read_bgr
-from film.common.safeio import atomic_write_bytes, check_can_make_dirs, make_dirs
 from film.errors import FilmError
 from film.text import _from_pretrained, _need_transformers, _quiet_transformers, load_config, torch_device
 

@@ -11,10 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from film.common.atomic import atomic_write_bytes, check_output_file
 from film.common.images import list_images, read_gray
 from film.common.metrics import METRICS
 from film.common.metrics import evaluate as evaluate_images
-from film.common.safeio import atomic_write_bytes, check_output_file
 from film.errors import FilmError
 
 

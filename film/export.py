@@ -53,7 +53,7 @@ def export(checkpoint: str, output: str, opset: int = OPSET) -> dict:
     _need_onnx()
     if not output.endswith(".onnx"):
         raise FilmError(f"{output}: the output of film export is an .onnx file")
-    from film.common.safeio import atomic_path, check_output_file
+    from film.common.atomic import atomic_path, check_output_file
 
     check_output_file(output)
     ck = load_checkpoint(checkpoint)  # refuses a bad file in one line, before any export work

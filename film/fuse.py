@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from film.common.atomic import make_dirs
 from film.common.images import (
     Pair,
     is_color,
@@ -17,7 +18,6 @@ from film.common.images import (
     write_png,
 )
 from film.common.pairs import Item, collect_pairs
-from film.common.safeio import make_dirs
 from film.errors import FilmError
 
 

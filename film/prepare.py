@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from film.common.atomic import atomic_path, make_dirs
 from film.common.images import list_images, read_gray
-from film.common.safeio import atomic_path, make_dirs
 from film.common.spec import OFFICIAL
 from film.common.textfeat import check_text, read_npy
 from film.errors import FilmError

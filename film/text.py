@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from film.common.safeio import atomic_path, check_can_make_dirs, make_dirs
+from film.common.atomic import atomic_path, check_can_make_dirs, make_dirs
 from film.errors import FilmError
 
 DEFAULT_ENCODER = "Salesforce/blip2-itm-vit-g"

@@ -220,7 +220,7 @@ def test_failed_write_keeps_previous_file(tmp_path, sd, monkeypatch):
     def full_disk(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("film.common.safeio.os.replace", full_disk)
+    monkeypatch.setattr("film.common.atomic.os.replace", full_disk)
     with pytest.raises(FilmError, match="No space left"):
         save_checkpoint(dst, random_state_dict(seed=9))
     assert dst.read_bytes() == before
@@ -241,7 +241,7 @@ def test_written_files_get_the_usual_permissions(tmp_path, sd):
     (0666 minus the umask), or keep the mode of the file it replaces."""
     import stat
 
-    from film.common.safeio import atomic_write_bytes
+    from film.common.atomic import atomic_write_bytes
 
     old = os.umask(0o022)
     try:

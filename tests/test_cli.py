@@ -3,6 +3,7 @@ no traceback, no partial output, previous outputs intact."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -799,6 +800,27 @@ def test_bench_layouts_agree_with_official_style(capsys, tmp_path):
     assert "| torch (nhwc) |" in msg
 
 
+def test_bench_train_has_both_official_baselines(capsys, tmp_path):
+    """film bench --train times the official step twice: with glibc's malloc defaults and with freed memory kept
+    for reuse (the official code under GLIBC_TUNABLES, the baseline training has to beat); every other step is
+    compared with both."""
+    import json
+
+    out = tmp_path / "t.json"
+    code, msg = run(capsys, "bench", "--device", "cpu", "--sizes", "24x40", "--backends", "torch", "--train",
+                    "--train-batches", "1", "--repeats", "1", "--warmup", "0", "-o", str(out))
+    assert code == 0, msg
+    rows = {r["impl"]: r for r in json.loads(out.read_text())["train_step"]}
+    assert set(rows) == {"official-style", "official-heap", "torch"}
+    assert not rows["official-style"]["heap_reuse_on"] and rows["official-heap"]["heap_reuse_on"]
+    t = rows["torch"]
+    for base in ("official_style", "official_heap"):
+        b = rows[base.replace("_", "-")]
+        assert t[f"speedup_vs_{base}"] == pytest.approx(b["median_s"] / t["median_s"])
+        assert t[f"memory_vs_{base}"] == pytest.approx(t["peak_rss_mb"] / b["peak_rss_mb"])
+    assert "| vs official-heap |" in msg
+
+
 # --------------------------------------------------------------------------- fuse --color
 
 
@@ -869,6 +891,14 @@ def test_train_resume_reads_h5_from_run(capsys, tmp_path, tb):
     assert code == 0, msg
     (run_dir,) = [os.path.join(tmp_path, "exp", d) for d in os.listdir(tmp_path / "exp")]
     assert os.listdir(os.path.join(run_dir, "model")) == ["ckpt_1.pth"]
+    # param.json in one vocabulary: the recipe's field names (film train's flags), nothing said twice
+    from dataclasses import fields
+
+    from film.common.training import TrainConfig
+
+    params = json.load(open(os.path.join(run_dir, "param.json")))
+    assert set(params) == {f.name for f in fields(TrainConfig)} | {"world_size", "model_config"}
+    assert params["epochs"] == 2 and params["backend"] == "torch"
     code, msg = run(capsys, "train", "--backend", "torch", "--resume", run_dir, "--device", "cpu")
     assert code == 0, msg
     assert sorted(os.listdir(os.path.join(run_dir, "model"))) == ["ckpt_1.pth", "ckpt_2.pth"]

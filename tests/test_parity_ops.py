@@ -408,9 +408,9 @@ def test_onednn_setup_and_fallback(tmp_path, monkeypatch):
 def test_jittor_compiles_operators_in_one_thread(jb):
     """Jittor's parallel operator compiler races (a worker thread segfaulted in CI; a fresh operator failed to
     load in issue 20): film turns it off before Jittor is imported, and a user's own setting still wins."""
-    from film.backends.jittor import runtime
-
     import jittor
+
+    from film.backends.jittor import runtime
 
     assert jb is not None and jittor.flags.use_parallel_op_compiler == 0
     env = dict(os.environ)

@@ -325,7 +325,7 @@ def save_checkpoint(
     else:
         from safetensors.numpy import save_file
 
-        from film.common.safeio import atomic_path
+        from film.common.atomic import atomic_path
 
         # the network's configuration travels with the weights (as HF's config.json does); load_fuser reads it
         meta = {"format": "pt", "producer": "film-fusion", "film_config": json.dumps(cfg.to_dict())}
@@ -345,7 +345,7 @@ def convert(src: str, dst: str, cfg: FilmConfig | None = None, keep_optimizer: b
     if os.path.abspath(src) == os.path.abspath(dst):
         raise FilmError(f"{dst}: output would overwrite the input")
     detect_format(dst)
-    from film.common.safeio import check_output_file
+    from film.common.atomic import check_output_file
 
     check_output_file(dst)  # an unwritable output is refused before the input is read
     ck = load_checkpoint(src, cfg)

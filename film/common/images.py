@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from film.common.safeio import atomic_write_bytes
+from film.common.atomic import atomic_write_bytes
 from film.errors import FilmError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")

@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from film.common.atomic import guarded_write, make_dirs
 from film.common.data import H5Pairs
 from film.common.images import write_png
-from film.common.safeio import guarded_write, make_dirs
 from film.common.spec import CHECKPOINT_KEYS, OFFICIAL_RECIPE
 from film.errors import FilmError
 
@@ -415,9 +415,9 @@ def train(cfg: TrainConfig, trainer) -> str:
             raise FilmError(f"{run_dir}: already trained {start_epoch} of {cfg.epochs} epochs: pass --epochs N with "
                             f"N > {start_epoch} to train it further (the StepLR schedule continues)")
         if main and saved_epochs is not None and cfg.epochs != saved_epochs:
-            from film.common.safeio import atomic_write_bytes
+            from film.common.atomic import atomic_write_bytes
 
-            params = {**read_run_params(run_dir), "epochs": cfg.epochs, "epoch": cfg.epochs}
+            params = {**read_run_params(run_dir), "epochs": cfg.epochs}
             atomic_write_bytes(os.path.join(run_dir, "param.json"), json.dumps(params, indent=2).encode())
             print(f"film train: {run_dir}: {saved_epochs} -> {cfg.epochs} epochs", file=sys.stderr, flush=True)
     else:
@@ -427,16 +427,15 @@ def train(cfg: TrainConfig, trainer) -> str:
             run_dir = trainer.share(run_dir)  # the name holds a timestamp: take rank 0's
         if main:
             make_dirs(os.path.join(run_dir, "model"), "run folder")
+            # one vocabulary: TrainConfig's field names, which are film train's flags and what --resume reads
+            # back (the official param.json's epoch/optim_step/optim_gamma/gradweight are epochs/step_size/
+            # gamma/grad_weight here; docs/training.md, "Run folder")
             params = {
                 **asdict(cfg),
                 "world_size": world,
-                "epoch": cfg.epochs,
-                "optim_step": cfg.step_size,
-                "optim_gamma": cfg.gamma,
-                "gradweight": cfg.grad_weight,
                 "model_config": trainer.model_cfg.to_dict(),  # read back by load_fuser for model/ckpt_*
             }
-            from film.common.safeio import atomic_write_bytes
+            from film.common.atomic import atomic_write_bytes
 
             atomic_write_bytes(os.path.join(run_dir, "param.json"), json.dumps(params, indent=2).encode())
             copy_code(run_dir, cfg.backend)

@@ -20,8 +20,8 @@ from film.backends.torch.core import (
     state_dict_numpy,
 )
 from film.common import loss as L
+from film.common.atomic import atomic_path
 from film.common.recompute import set_recompute
-from film.common.safeio import atomic_path
 from film.common.spec import DATAPARALLEL_PREFIX, OFFICIAL, OFFICIAL_RECIPE
 from film.common.training import TrainerBase, resume_checkpoint, resume_state_errors, steplr_state
 from film.errors import FilmError
