@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml requirements/lock.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install -q -c requirements/lock.txt -e ".[jittor,text,plot,onnx,dev]"
+	$(PY) -m pip install -q -c requirements/lock.txt -e ".[jittor,text,plot,onnx,serve,dev]"
 	$(PY) -m film.backends.jittor.runtime
 	@command -v mpicc >/dev/null 2>&1 || echo "note: OpenMPI not found; Jittor multi-process training and its test need it: apt-get install openmpi-bin libopenmpi-dev"
 	touch $@

@@ -1,5 +1,5 @@
 """``film`` command line: convert | parity | fuse | eval | prepare | train | curves | export | text | describe |
-bench.
+bench | serve.
 
 Every expected problem is a :class:`film.FilmError`: one line (or one block) on stderr, exit code 2,
 no traceback. Anything unexpected is reported in one line with exit code 1 (FILM_DEBUG=1 shows the
@@ -507,6 +507,30 @@ def cmd_prepare(args) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def add_serve(sub) -> None:
+    s = sub.add_parser("serve", help="a local web page (Gradio) to fuse your own pair with your own words, and its API")
+    s.add_argument("--checkpoint", default="demo", help="checkpoint path, demo (default) or random")
+    s.add_argument("--backend", default="torch", help="torch (default), jittor, or both (live parity on the page)")
+    s.add_argument("--encoder", default=None,
+                   help="the BLIP-2 Q-Former text encoder (a folder saved by film text --save-encoder, or a model name "
+                   "in the Hugging Face cache); default: film text's, if it loads; 'none': synthetic text features")
+    s.add_argument("--captioner", default=None, help="a BLIP captioning model (folder) for the Draft button")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 shares it on your network)")
+    s.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    s.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    s.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    from film.serve import serve
+
+    if args.backend not in ("torch", "jittor", "both"):
+        raise FilmError(f"--backend: unknown {args.backend!r} (torch, jittor or both)")
+    serve(args.checkpoint, args.backend, args.encoder, args.captioner, args.host, args.port, args.device)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="film", description="FILM image fusion in PyTorch and Jittor")
     from film import __version__
@@ -514,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"film {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (add_convert, add_parity, add_fuse, add_eval, add_prepare, add_train, add_text, add_describe,
-                add_export, add_curves, add_bench):
+                add_export, add_curves, add_bench, add_serve):
         add(sub)
     return p
 
@@ -537,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv  # film train --nproc re-launches the same command
-    if args.command in ("fuse", "parity") and argv is None:
+    if args.command in ("fuse", "parity", "serve") and argv is None:
         # a process film owns: freed feature maps are kept for reuse, for the whole command (film.common.heap;
         # not when main() is called from a program of its own, argv given: that program's malloc is its own).
         # film train decides in its memory plan (the trainer holds it while it trains, when it fits)
