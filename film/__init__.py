@@ -3,10 +3,11 @@
 ``import film`` imports neither framework; a backend is imported when first used.
 """
 
+from film.common.heap import reuse_freed_memory  # opt-in heap reuse for library use (its docstring: what it changes)
 from film.errors import FilmError
 
 __version__ = "0.1.0"
-__all__ = ["FilmError", "load_fuser", "encode_text", "read_gray01", "__version__"]
+__all__ = ["FilmError", "load_fuser", "encode_text", "read_gray01", "reuse_freed_memory", "__version__"]
 
 
 def load_fuser(checkpoint, backend: str | None = None, device: str = "auto", cfg=None, fast=None):

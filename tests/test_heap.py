@@ -107,3 +107,10 @@ def test_library_use_leaves_malloc_alone_and_the_cli_owns_its_process(tb):
     got = dict(line.split() for line in r.stdout.splitlines() if line.split()[0] in ("library", "cli"))
     assert int(got["library"]) >= BIG, r.stdout + r.stderr  # glibc's default after a library fuse
     assert int(got["cli"]) == 0, r.stdout + r.stderr
+
+
+def test_public_opt_in_name():
+    """The README and the heap docstring point library users at film.reuse_freed_memory."""
+    import film
+
+    assert film.reuse_freed_memory is heap.reuse_freed_memory and "reuse_freed_memory" in film.__all__
