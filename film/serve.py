@@ -341,15 +341,18 @@ def serve(checkpoint: str | None, backend: str = "torch", encoder: str | None = 
     _gradio_cache()
     workdir = tempfile.mkdtemp(prefix="film-serve-")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    service = FuseService(checkpoint, backend, encoder, captioner, device, os.path.join(workdir, "requests"))
-    os.makedirs(service.workdir, exist_ok=True)
-    app = build_app(service)
     try:
-        _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
-                               footer_links=["api"])
-    except OSError as e:
+        service = FuseService(checkpoint, backend, encoder, captioner, device, os.path.join(workdir, "requests"))
+        os.makedirs(service.workdir, exist_ok=True)
+        app = build_app(service)
+        try:
+            _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
+                                   footer_links=["api"])
+        except OSError as e:
+            raise FilmError(f"cannot serve on {host}:{port}: {e}") from None
+    except BaseException:  # a bad checkpoint or encoder (FilmError), an interrupt: no folder left behind
         shutil.rmtree(workdir, ignore_errors=True)
-        raise FilmError(f"cannot serve on {host}:{port}: {e}") from None
+        raise
     app.film_workdir = workdir
     if not block:
         return app, url
