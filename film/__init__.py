@@ -3,7 +3,7 @@
 ``import film`` imports neither framework; a backend is imported when first used.
 """
 
-from film.common.heap import reuse_freed_memory  # opt-in heap reuse for library use (its docstring: what it changes)
+from film.common.heap import reuse_freed_memory  # opt-in heap reuse for library use
 from film.errors import FilmError
 
 __version__ = "0.1.0"

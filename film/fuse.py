@@ -164,6 +164,23 @@ def fuse_folder(
     return _fuse(opts)
 
 
+# what the weights are, for the grid's title and a notice (film fuse, film serve): "random", "demo" or "" (any other)
+FUSED_TITLE = {"random": "fused (random weights)", "demo": "fused (demo weights)", "": "FILM fused"}
+WEIGHTS_NOTICE = {
+    "random": "seeded random weights (--checkpoint random): the pictures show the pipeline, not a fusion; "
+              "--checkpoint demo has trained demo weights",
+    "demo": "the demo weights: not the official FILM, trained briefly on public pairs with synthetic text "
+            "(docs/training.md, Demo weights)",
+}
+
+
+def weights_kind(fuser) -> str:
+    ck = fuser.checkpoint
+    if ck is None or ck.source_format == "random":
+        return "random"
+    return "demo" if "film_demo" in ck.extras else ""
+
+
 def _fuse(args: FuseOptions) -> int:
     from film.api import load_fuser
     from film.backends.registry import check_name, default_backend
@@ -181,15 +198,10 @@ def _fuse(args: FuseOptions) -> int:
         device=args.device,
         fast=args.fast,
     )
-    kind = fuser.checkpoint.source_format
-    args.fused_title = {"random": "fused (random weights)", "demo": "fused (demo weights)"}.get(
-        kind if kind == "random" else ("demo" if "film_demo" in fuser.checkpoint.extras else ""), "FILM fused")
-    if kind == "random":
-        print("film fuse: seeded random weights (--checkpoint random): the pictures show the pipeline, not a fusion; "
-              "--checkpoint demo has trained demo weights", file=sys.stderr, flush=True)
-    elif "film_demo" in fuser.checkpoint.extras:
-        print("film fuse: the demo weights: not the official FILM, trained briefly on public pairs with synthetic "
-              "text (docs/training.md, Demo weights)", file=sys.stderr, flush=True)
+    kind = weights_kind(fuser)
+    args.fused_title = FUSED_TITLE[kind]
+    if kind:
+        print(f"film fuse: {WEIGHTS_NOTICE[kind]}", file=sys.stderr, flush=True)
     items = collect(args, fuser.cfg.text_dim)
     if not items:
         raise FilmError("no image pairs to fuse")

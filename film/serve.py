@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from film.errors import FilmError
+from film.fuse import FUSED_TITLE, WEIGHTS_NOTICE, weights_kind
 
 # the modality names of each task's A and B images, and the folder names film's grid titles know them by
 TASK_SIDES = {
@@ -89,26 +90,21 @@ class FuseService:
         self.fusers = {b: load_fuser(checkpoint, backend=b, device=device) for b in names}
         first = next(iter(self.fusers.values()))
         self.cfg = first.cfg
-        extras = first.checkpoint.extras if first.checkpoint is not None else {}
-        kind = first.checkpoint.source_format if first.checkpoint is not None else "random"
-        self.weights_note = ("seeded random weights: the result shows the pipeline, not a fusion" if kind == "random"
-                             else "the demo weights: not the official FILM, trained briefly on public pairs with "
-                             "synthetic text" if "film_demo" in extras else "")
-        self.fused_title = {"random": "fused (random weights)"}.get(kind, "fused (demo weights)" if "film_demo"
-                                                                     in extras else "FILM fused")
+        kind = weights_kind(first)  # the same title and notice as film fuse
+        self.weights_note = WEIGHTS_NOTICE.get(kind, "")
+        self.fused_title = FUSED_TITLE[kind]
         self.locks = {b: threading.Lock() for b in self.fusers}
         self.text_lock = threading.Lock()
         self.encoder = None
-        self.encoder_note = ""
         if encoder != "none":
             from film.text import DEFAULT_ENCODER, load_encoder
 
             try:
                 self.encoder = load_encoder(encoder or DEFAULT_ENCODER, "cpu")
-            except FilmError as e:
+            except FilmError:
                 if encoder:  # asked for by name: a wrong folder is the user's error, said at start
                     raise
-                self.encoder_note = str(e)
+                # the default model is not here: synthetic features, said above every result (SYNTHETIC_NOTE)
         self.captioner_name = captioner
         self._captioner = None
         self.workdir = workdir or tempfile.mkdtemp(prefix="film-serve-")
@@ -157,10 +153,10 @@ class FuseService:
     def fuse(self, a_path: str | None, b_path: str | None, para_a: str, para_b: str, task: str | None = None
              ) -> Result:
         """Fuse one uploaded pair. Every problem is a FilmError with film's own one-line reason."""
-        from film.common.images import Pair, load_pair, read_gray
+        from film.common.images import Pair, load_pair, read_gray, to_uint8
         from film.common.metrics import evaluate
         from film.common.pairs import Item
-        from film.fuse import save_outputs
+        from film.fuse import _prepare_dirs, save_outputs
         from film.text import save_npy
 
         if not a_path or not b_path:
@@ -188,23 +184,21 @@ class FuseService:
                 outs[b] = fuser.fuse(xa, xb, text[0])
         first = next(iter(outs.values()))
         opts = _Options(output=os.path.join(folder, "out"), fused_title=self.fused_title)
-        for sub in ("Gray", "Color", "grid"):
-            os.makedirs(os.path.join(opts.output, sub), exist_ok=True)
-        save_outputs(opts, Item(name, xa, xb, text[0], pair), first)
+        item = Item(name, xa, xb, text[0], pair)
+        _prepare_dirs(opts, [item])
+        save_outputs(opts, item, first)
         features = os.path.join(folder, "out", name + ".npy")
         save_npy(features, text)
         gray = os.path.join(folder, "out", "Gray", name + ".png")
         color = os.path.join(folder, "out", "Color", name + ".png")
         metrics = {}
-        if min(xa.shape) >= 7:
-            metrics = {k: float(v) for k, v in evaluate(read_gray(gray), read_gray(copies[0]),
+        if min(xa.shape) >= 7:  # as film eval reads them: the fused PNG's grey values, the sources' official grey
+            metrics = {k: float(v) for k, v in evaluate(to_uint8(first).astype(np.float32), read_gray(copies[0]),
                                                         read_gray(copies[1])).items()}
         parity = None
         if len(outs) == 2:
-            from film.common.images import to_uint8
-
             (na, fa), (nb, fb) = outs.items()
-            diff = to_uint8(fa).astype(int) != to_uint8(fb).astype(int)
+            diff = to_uint8(fa) != to_uint8(fb)
             parity = {"backends": f"{na} vs {nb}", "max_abs": float(np.abs(fa - fb).max()),
                       "uint8_pixels_differing": int(diff.sum()), "pixels": int(diff.size)}
         notes = [n for n in (note, self.weights_note and f"Weights: {self.weights_note}.") if n]
