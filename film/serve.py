@@ -176,7 +176,10 @@ class FuseService:
             shutil.copyfile(src, dst)
             copies.append(dst)
         pair = Pair(name, copies[0], copies[1])
-        xa, xb = load_pair(pair)  # film's reader: colour -> grey as the official code, 16-bit/RGBA refused
+        try:  # film's reader: colour -> grey as the official code, 16-bit/RGBA refused
+            xa, xb = load_pair(pair)
+        except FilmError as e:  # its reason, naming the upload (A/x.png) rather than this server's folders
+            raise FilmError(str(e).replace(os.path.join(folder, "in") + os.sep, "")) from None
         text, note = self.features(para_a, para_b)
         outs = {}
         for b, fuser in self.fusers.items():
