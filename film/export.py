@@ -12,8 +12,10 @@ checkpoint's SHA-256 and the film version.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import time
 
@@ -84,11 +86,10 @@ def export(checkpoint: str, output: str, opset: int = OPSET) -> dict:
     meta = {"film_config": json.dumps(ck.cfg.to_dict()), "film_checkpoint_sha256": _sha256(checkpoint),
             "film_checkpoint": os.path.basename(str(checkpoint)), "film_version": __version__,
             "film_exported": time.strftime("%Y-%m-%d"), "film_output": "sigmoid output before the min-max stretch"}
-    import contextlib
     import io
     import warnings
 
-    with ops.exporting(), torch.no_grad(), warnings.catch_warnings(), \
+    with ops.exporting(), torch.no_grad(), warnings.catch_warnings(), _quiet_logger("torch.onnx"), \
             contextlib.redirect_stdout(io.StringIO()):  # the exporter's own progress lines
         warnings.simplefilter("ignore")
         try:
@@ -105,6 +106,19 @@ def export(checkpoint: str, output: str, opset: int = OPSET) -> dict:
     with atomic_path(output) as tmp:
         onnx.save_model(proto, tmp)
     return meta
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    """The exporter logs a warning line per torchvision operator it cannot register ("torchvision is not
+    installed. Skipping torchvision::nms"): noise for a FILM export, which uses none of them. Errors still show."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def read_metadata(path: str) -> dict:

@@ -69,6 +69,20 @@ def test_onnx_matches_float64_at_any_size(exported, n, h, w, L):
     assert err_onnx <= 2 * max(err_torch, 1e-5), (err_onnx, err_torch)
 
 
+def test_export_prints_no_exporter_noise(tmp_path, exported):
+    """A fresh process (the exporter logs once per process): film export's output is its own lines only, not the
+    exporter's "torchvision is not installed. Skipping torchvision::nms" warnings (FILM uses no torchvision op)."""
+    import subprocess
+    import sys
+
+    ck, _ = exported
+    p = subprocess.run([sys.executable, "-m", "film", "export", str(ck), "-o", str(tmp_path / "x.onnx")],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    out = (p.stdout + p.stderr).strip().splitlines()
+    assert "torchvision" not in p.stdout + p.stderr and len(out) == 1, out
+
+
 def test_metadata_names_config_and_checkpoint(exported):
     from film.export import read_metadata
 
