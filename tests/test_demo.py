@@ -18,7 +18,7 @@ from conftest import run_cli as run
 
 # sha256 of film/weights/demo.safetensors, recorded when it was made (make demo-weights; docs/training.md): a
 # change to the shipped weights must be deliberate and change this line with it
-DEMO_SHA256 = "e887447efeda1579ac550c21893e2404128440b43bdd477bc7e4a97e72e77178"
+DEMO_SHA256 = "b31a3d65a7c3c9729fe49773a147ac1eb8bb3bc792c070cc5a7293f8c5b64579"
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "fusion_samples")
 
 
@@ -167,3 +167,15 @@ def test_recipe_first_steps_match_across_frameworks(capsys, tmp_path, tb, jb):
     rel = np.abs(np.array(lj) - np.array(lt)) / np.abs(np.array(lt))
     assert rel[0] <= 2e-5, rel
     assert rel.max() <= 2e-3, rel
+    # the export step on the torch run, as the recipe's last stage: metadata counts its 3 steps after 656 earlier
+    # ones, names every stage and lists the one training pair
+    (run_dir,) = _runs(tmp_path / "torch")
+    demo_weights.export(run_dir, str(tmp_path / "d.safetensors"), str(tmp_path / "d.h5.json"), steps_before=656,
+                        history=demo_weights.history(656))
+    from film.common.checkpoint import load_checkpoint
+
+    info = json.loads(load_checkpoint(str(tmp_path / "d.safetensors")).extras["film_demo"])
+    assert info["steps"] == 659 and info["framework"] == "torch" and info["recipe"]["lr"] == 2e-4
+    assert [(p["dataset"], p["name"]) for p in info["data"]] == [("IVF/RoadScene", os.path.splitext(name)[0])]
+    assert info["history"].startswith("656 steps")
+    assert info["history"].count("--init") == len(demo_weights.CONTINUATIONS)

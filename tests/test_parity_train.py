@@ -351,7 +351,14 @@ def test_resume_reproduces_uninterrupted_run(request, tmp_path, backend, exact):
     params = json.load(open(pj))
     params["epochs"] = 3
     json.dump(params, open(pj, "w"))
+    # as a run killed in its second epoch leaves it: records past the checkpoint, the last one cut short
+    with open(os.path.join(part, "losses.jsonl"), "a") as f:
+        f.write(json.dumps({"step": 2, "epoch": 2, "batch": 0, "loss": 9.0}) + "\n" + '{"step": 3, "epo')
     train(cfg(out="part", resume=part), make_trainer(backend, "cpu", TINY))
+    # the resumed run's loss record is the uninterrupted run's: each step once, in order
+    rec = [[json.loads(x) for x in open(os.path.join(r, "losses.jsonl"))] for r in (full, part)]
+    assert [r["step"] for r in rec[1]] == [r["step"] for r in rec[0]] == list(range(6))
+    assert np.allclose([r["loss"] for r in rec[1]], [r["loss"] for r in rec[0]], rtol=0 if exact else 1e-5)
     from film.common.checkpoint import read_raw, unwrap
 
     ext = ".pth" if backend == "torch" else ".pkl"

@@ -308,6 +308,32 @@ class TrainerBase:
         self.build(cfg, init)
 
 
+def drop_records_after(run_dir: str, steps: int) -> int:
+    """On --resume: drop losses.jsonl's records of steps the checkpoint does not hold (a run killed mid-epoch
+    logged them; its resumed run logs those steps again, and film curves would draw both). Returns how many."""
+    from film.common.atomic import atomic_write_bytes
+
+    path = os.path.join(run_dir, "losses.jsonl")
+    if not os.path.isfile(path):
+        return 0
+    with open(path, "rb") as f:
+        lines = f.read().splitlines(keepends=True)
+    keep = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short by the kill
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] < steps:
+            keep.append(line if line.endswith(b"\n") else line + b"\n")
+    dropped = len(lines) - len(keep)
+    if dropped:
+        atomic_write_bytes(path, b"".join(keep))
+        print(f"film train: {path}: dropped {dropped} records past the checkpoint's step {steps}", file=sys.stderr,
+              flush=True)
+    return dropped
+
+
 class RunLog:
     """log.txt (the official format) plus TensorBoard scalars when the backend offers a writer
     (``trainer.scalar_writer(run_dir)``: torch's SummaryWriter when tensorboard is installed); this module
@@ -411,6 +437,8 @@ def train(cfg: TrainConfig, trainer) -> str:
             raise FilmError(f"{run_dir}: no model/ckpt_<epoch>{trainer.ext} to resume from")
         state = trainer.load_resume(found[0], cfg)
         start_epoch, step = state["epoch"] + 1, state["step"]
+        if main:
+            drop_records_after(run_dir, step)
         if start_epoch >= cfg.epochs:
             raise FilmError(f"{run_dir}: already trained {start_epoch} of {cfg.epochs} epochs: pass --epochs N with "
                             f"N > {start_epoch} to train it further (the StepLR schedule continues)")
