@@ -157,8 +157,10 @@ def history(steps_before: int) -> str:
 
 
 def _steps(run_dir: str) -> int:
+    from film.common.training import LOSS_RECORD
+
     try:
-        with open(os.path.join(run_dir, "losses.jsonl")) as f:
+        with open(os.path.join(run_dir, LOSS_RECORD)) as f:
             return sum(1 for line in f if line.strip())
     except OSError:
         return 0
@@ -261,12 +263,10 @@ def run_all(work: str, data: str, output: str) -> int:
     print(judge_table(result))
     subprocess.run(film + ["train", "--resume", runs["jittor"], "--epochs", str(SHIPPED_EPOCHS)], check=True)
     second = latest_checkpoint(runs["jittor"], ".pkl")[0]
-    before, init, stage_runs = _steps(runs["jittor"]), second, []
+    init, stage_runs = second, []
     for i, epochs in enumerate(CONTINUATIONS):
-        if stage_runs:
-            before += _steps(stage_runs[-1])
         out = os.path.join(work, f"jittor-continued-{i + 1}")
-        flags = [f for f in RECIPE_FLAGS]
+        flags = list(RECIPE_FLAGS)
         flags[flags.index("--epochs") + 1] = str(epochs)
         flags[flags.index("--init") + 1] = init
         subprocess.run(film + ["train", "--backend", "jittor", "--h5", h5, *flags, "--out", out], check=True)
@@ -276,6 +276,7 @@ def run_all(work: str, data: str, output: str) -> int:
     shipped = judge([(f"jittor, {SHIPPED_EPOCHS} epochs", second, "jittor"), ("jittor, shipped", init, "jittor")])
     atomic_write_bytes(os.path.join(work, "judge_shipped.json"), json.dumps(shipped, indent=1).encode())
     print(judge_table(shipped))
+    before = sum(_steps(r) for r in [runs["jittor"], *stage_runs[:-1]])  # every stage before the exported one
     sha = export(stage_runs[-1], output, h5 + ".json", steps_before=before, history=history(before))
     print(f"{output}: sha256 {sha} (tests/test_demo.py DEMO_SHA256)")
     return 0

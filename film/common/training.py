@@ -308,12 +308,15 @@ class TrainerBase:
         self.build(cfg, init)
 
 
+LOSS_RECORD = "losses.jsonl"  # a run folder's per-step record: RunLog writes it, --resume trims it
+
+
 def drop_records_after(run_dir: str, steps: int) -> int:
     """On --resume: drop losses.jsonl's records of steps the checkpoint does not hold (a run killed mid-epoch
     logged them; its resumed run logs those steps again, and film curves would draw both). Returns how many."""
     from film.common.atomic import atomic_write_bytes
 
-    path = os.path.join(run_dir, "losses.jsonl")
+    path = os.path.join(run_dir, LOSS_RECORD)
     if not os.path.isfile(path):
         return 0
     with open(path, "rb") as f:
@@ -341,7 +344,7 @@ class RunLog:
 
     def __init__(self, run_dir: str, writer=None):
         self.path = os.path.join(run_dir, "log.txt")
-        self.steps = os.path.join(run_dir, "losses.jsonl")  # one JSON line per step, full precision (film curves)
+        self.steps = os.path.join(run_dir, LOSS_RECORD)  # one JSON line per step, full precision (film curves)
         self.writer = writer
 
     def step(self, record: dict) -> None:
