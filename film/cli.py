@@ -212,6 +212,8 @@ def add_eval(sub) -> None:
                    help="a method name per --fused folder, in order (default: the folder names, with as many parent "
                    "folders as it takes to tell them apart)")
     e.add_argument("--dataset", default=None, help="dataset name for the table (default: folder name)")
+    e.add_argument("--baselines", action="store_true",
+                   help="also score the average of A and B and the max rule (per-pixel maximum) on the same pairs")
     e.add_argument("--json", help="write full-precision results as JSON")
     e.add_argument("--csv", help="write per-image results as CSV")
     e.set_defaults(func=cmd_eval)
@@ -220,7 +222,7 @@ def add_eval(sub) -> None:
 def cmd_eval(args) -> int:
     from film.evaluate import evaluate, format_table
 
-    results = evaluate(args.fused, args.a, args.b, args.metrics, args.json, args.csv, args.name)
+    results = evaluate(args.fused, args.a, args.b, args.metrics, args.json, args.csv, args.name, args.baselines)
     dataset = args.dataset or os.path.basename(os.path.dirname(os.path.normpath(args.a))) or "dataset"
     print(format_table(results, list(next(iter(results.values()))["mean"]), dataset))
     return 0

@@ -166,13 +166,6 @@ def _steps(run_dir: str) -> int:
         return 0
 
 
-def rule_images(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
-    """The two baselines of the demo table, as uint8-valued float32 images from the official grey readings:
-    the plain average of A and B (rounded half up) and the max rule (per-pixel maximum)."""
-    return {"average of A and B": np.floor((a + b) / 2 + 0.5).astype(np.float32),
-            "max rule": np.maximum(a, b).astype(np.float32)}
-
-
 def judge(models: list[tuple[str, str, str]], metrics: tuple[str, ...] | None = None) -> dict:
     """The twelve official metrics on the held-out shipped samples (film/samples: not trained on), per task, for
     each (label, checkpoint, backend) in ``models`` and for the average and max rules. The models fuse with
@@ -180,7 +173,7 @@ def judge(models: list[tuple[str, str, str]], metrics: tuple[str, ...] | None = 
     Returns {"per_task": {task: {method: {metric: mean}}}, "mean": {method: {metric: mean over tasks}}}."""
     from film.api import load_fuser
     from film.common.images import read_gray, to_uint8
-    from film.common.metrics import METRICS
+    from film.common.metrics import METRICS, baseline_images
     from film.common.metrics import evaluate as evaluate_images
     from film.common.pairs import collect_pairs
 
@@ -198,7 +191,7 @@ def judge(models: list[tuple[str, str, str]], metrics: tuple[str, ...] | None = 
             task = it.name.split(os.sep)[0]
             a, b = read_gray(it.pair.a), read_gray(it.pair.b)
             images = {label: to_uint8(f.fuse(it.a, it.b, it.text)).astype(np.float32) for label, f in fusers.items()}
-            images.update(rule_images(a, b))
+            images.update(baseline_images(a, b))
             for method, img in images.items():
                 scores.setdefault(task, {}).setdefault(method, []).append(evaluate_images(img, a, b, metrics))
     per_task = {task: {m: {k: float(np.mean([r[k] for r in rows])) for k in metrics} for m, rows in by.items()}

@@ -13,7 +13,7 @@ import numpy as np
 
 from film.common.atomic import atomic_write_bytes, check_output_file
 from film.common.images import list_images, read_gray
-from film.common.metrics import METRICS
+from film.common.metrics import BASELINES, METRICS, baseline_images
 from film.common.metrics import evaluate as evaluate_images
 from film.errors import FilmError
 
@@ -35,16 +35,24 @@ def _metric_list(names) -> list[str]:
 
 
 def eval_folder(
-    fused_dir: str, dir_a: str, dir_b: str, metrics: list[str], workers: int | None = None
+    fused_dir: str, dir_a: str, dir_b: str, metrics: list[str], workers: int | None = None,
+    baseline: str | None = None,
 ) -> dict:
-    """{"mean": {metric: value}, "per_image": {name: {metric: value}}} for one folder of fused images."""
+    """{"mean": {metric: value}, "per_image": {name: {metric: value}}} for one folder of fused images; with
+    ``baseline`` (one of BASELINES), for that rule's images of the same pairs instead of the folder's."""
     fused, a, b = list_images(fused_dir), list_images(dir_a), list_images(dir_b)
     missing = [n for n in fused if n not in a or n not in b]
     if missing:
         raise FilmError(f"{fused_dir}: no source pair in {dir_a} / {dir_b} for: {', '.join(missing[:10])}")
 
     def one(name: str) -> tuple[str, dict]:
-        f, ia, ib = read_gray(fused[name]), read_gray(a[name]), read_gray(b[name])
+        ia, ib = read_gray(a[name]), read_gray(b[name])
+        if baseline is not None:
+            if ia.shape != ib.shape:
+                raise FilmError(f"{name}: sizes differ (A {ia.shape}, B {ib.shape})")
+            f = baseline_images(ia, ib)[baseline]
+        else:
+            f = read_gray(fused[name])
         if not (f.shape == ia.shape == ib.shape):
             raise FilmError(f"{name}: sizes differ (fused {f.shape}, A {ia.shape}, B {ib.shape})")
         if min(f.shape) < 7:
@@ -113,11 +121,13 @@ def evaluate(
     json_path: str | None = None,
     csv_path: str | None = None,
     names: list[str] | None = None,
+    baselines: bool = False,
 ) -> dict[str, dict]:
     """The twelve official metrics of one or more folders of fused images against the A and B folders.
 
     Returns {method label: {"mean": {metric: value}, "per_image": {name: {metric: value}}}} (label: ``names``,
-    or ``method_labels`` of the folders); ``json_path`` / ``csv_path`` also write them (checked writable
+    or ``method_labels`` of the folders); ``baselines`` adds the average of A and B and the max rule, scored on
+    the first folder's pairs (the bar a fusion method should clear); ``json_path`` / ``csv_path`` also write them (checked writable
     before anything is computed)."""
     fused = [fused] if isinstance(fused, str) else list(fused)
     metrics = _metric_list(metrics)
@@ -127,11 +137,15 @@ def evaluate(
     if names is not None and len(names) != len(fused):
         raise FilmError(f"{len(names)} --name(s) for {len(fused)} --fused folder(s)")
     labels = list(names) if names else method_labels(fused)
+    if baselines and set(labels) & set(BASELINES):
+        raise FilmError(f"a method is named like a baseline ({', '.join(BASELINES)}): rename it with --name")
     if len(set(labels)) != len(labels):
         raise FilmError(f"two methods share a name: {', '.join(labels)}")
     results = {label: eval_folder(d, a, b, metrics) for label, d in zip(labels, fused)}
+    if baselines:
+        results.update({rule: eval_folder(fused[0], a, b, metrics, baseline=rule) for rule in BASELINES})
     if json_path:
-        payload = results[labels[0]] if len(labels) == 1 else results
+        payload = results[labels[0]] if len(results) == 1 else results
         atomic_write_bytes(json_path, json.dumps(payload, indent=2).encode())
     if csv_path:
         buf = io.StringIO()

@@ -486,6 +486,31 @@ def test_eval_end_to_end(capsys, tmp_path, pairs, fused):
     assert set(res) == {"fused", "fused'"} and set(res["fused"]["per_image"]) == {"p1", "p2"}
 
 
+def test_eval_baselines(capsys, tmp_path, pairs, fused):
+    """--baselines scores the average of A and B and the max rule: the same numbers as folders of those images
+    written by hand here (integer arithmetic: (a + b + 1) // 2 is the average rounded half up)."""
+    import json
+
+    root, _ = pairs
+    rules = {"avg": lambda a, b: (a + b + 1) // 2, "mx": np.maximum}
+    for folder, rule in rules.items():
+        (tmp_path / folder).mkdir()
+        for n in ("p1", "p2"):
+            a, b = (cv2.imread(str(root / d / f"{n}.png"), cv2.IMREAD_GRAYSCALE).astype(np.int32) for d in ("ir", "vi"))
+            cv2.imwrite(str(tmp_path / folder / f"{n}.png"), rule(a, b).astype(np.uint8))
+    code, msg = run(capsys, "eval", "--fused", str(fused), "--fused", str(tmp_path / "avg"), "--fused",
+                    str(tmp_path / "mx"), "--a", str(root / "ir"), "--b", str(root / "vi"), "--baselines",
+                    "--metrics", "VIFF", "Qabf", "SSIM", "--json", str(tmp_path / "r.json"))
+    assert code == 0, msg
+    assert "average of A and B" in msg and "max rule" in msg
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert list(res) == ["fused", "avg", "mx", "average of A and B", "max rule"]
+    assert res["average of A and B"] == res["avg"] and res["max rule"] == res["mx"]
+    assert res["fused"] != res["avg"]
+    fails(capsys, "eval", "--fused", str(fused), "--name", "max rule", "--a", str(root / "ir"), "--b",
+          str(root / "vi"), "--baselines", match="named like a baseline")
+
+
 def test_eval_problems(capsys, tmp_path, pairs, fused):
     root, _ = pairs
     fails(
