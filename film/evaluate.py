@@ -127,8 +127,8 @@ def evaluate(
 
     Returns {method label: {"mean": {metric: value}, "per_image": {name: {metric: value}}}} (label: ``names``,
     or ``method_labels`` of the folders); ``baselines`` adds the average of A and B and the max rule, scored on
-    the first folder's pairs (the bar a fusion method should clear); ``json_path`` / ``csv_path`` also write them (checked writable
-    before anything is computed)."""
+    the first folder's pairs (the bar a fusion method should clear); ``json_path`` / ``csv_path`` also write them
+    (checked writable before anything is computed)."""
     fused = [fused] if isinstance(fused, str) else list(fused)
     metrics = _metric_list(metrics)
     for target in (json_path, csv_path):  # refuse an unwritable output before computing anything

@@ -496,7 +496,8 @@ def test_eval_baselines(capsys, tmp_path, pairs, fused):
     for folder, rule in rules.items():
         (tmp_path / folder).mkdir()
         for n in ("p1", "p2"):
-            a, b = (cv2.imread(str(root / d / f"{n}.png"), cv2.IMREAD_GRAYSCALE).astype(np.int32) for d in ("ir", "vi"))
+            a, b = (cv2.imread(str(root / d / f"{n}.png"), cv2.IMREAD_GRAYSCALE).astype(np.int32)
+                    for d in ("ir", "vi"))
             cv2.imwrite(str(tmp_path / folder / f"{n}.png"), rule(a, b).astype(np.uint8))
     code, msg = run(capsys, "eval", "--fused", str(fused), "--fused", str(tmp_path / "avg"), "--fused",
                     str(tmp_path / "mx"), "--a", str(root / "ir"), "--b", str(root / "vi"), "--baselines",

@@ -261,7 +261,7 @@ BASELINES = ("average of A and B", "max rule")
 
 def baseline_images(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
     """The two rules a fusion network should beat, from the official grey readings (float32, integer values
-    0..255), as uint8-valued float32 images: the plain average of A and B (rounded half up) and the max rule (per-pixel maximum). ``film eval --baselines`` and the demo
-    weights' judge score them."""
+    0..255), as uint8-valued float32 images: the plain average of A and B (rounded half up) and the max rule
+    (per-pixel maximum). ``film eval --baselines`` and the demo weights' judge score them."""
     return {BASELINES[0]: np.floor((a + b) / 2 + 0.5).astype(np.float32),
             BASELINES[1]: np.maximum(a, b).astype(np.float32)}
