@@ -35,29 +35,24 @@ def _metric_list(names) -> list[str]:
 
 
 def eval_folder(
-    fused_dir: str, dir_a: str, dir_b: str, metrics: list[str], workers: int | None = None,
-    baseline: str | None = None,
+    fused_dir: str, dir_a: str, dir_b: str, metrics: list[str], workers: int | None = None, baselines: bool = False
 ) -> dict:
     """{"mean": {metric: value}, "per_image": {name: {metric: value}}} for one folder of fused images; with
-    ``baseline`` (one of BASELINES), for that rule's images of the same pairs instead of the folder's."""
+    ``baselines``, {"": that, rule: the same for the rule's images, ...} for every rule of BASELINES, scored in the
+    same pass over the pairs (A and B read once)."""
     fused, a, b = list_images(fused_dir), list_images(dir_a), list_images(dir_b)
     missing = [n for n in fused if n not in a or n not in b]
     if missing:
         raise FilmError(f"{fused_dir}: no source pair in {dir_a} / {dir_b} for: {', '.join(missing[:10])}")
 
     def one(name: str) -> tuple[str, dict]:
-        ia, ib = read_gray(a[name]), read_gray(b[name])
-        if baseline is not None:
-            if ia.shape != ib.shape:
-                raise FilmError(f"{name}: sizes differ (A {ia.shape}, B {ib.shape})")
-            f = baseline_images(ia, ib)[baseline]
-        else:
-            f = read_gray(fused[name])
+        f, ia, ib = read_gray(fused[name]), read_gray(a[name]), read_gray(b[name])
         if not (f.shape == ia.shape == ib.shape):
             raise FilmError(f"{name}: sizes differ (fused {f.shape}, A {ia.shape}, B {ib.shape})")
         if min(f.shape) < 7:
             raise FilmError(f"{name}: {f.shape[1]}x{f.shape[0]} is too small for SSIM/VIFF (at least 7x7)")
-        return name, evaluate_images(f, ia, ib, metrics)
+        images = {"": f, **(baseline_images(ia, ib) if baselines else {})}
+        return name, {k: evaluate_images(img, ia, ib, metrics) for k, img in images.items()}
 
     names = sorted(fused)
     workers = workers or min(len(names), os.cpu_count() or 1)
@@ -70,8 +65,9 @@ def eval_folder(
                 pool.map(one, names), total=len(names), desc="eval", unit="img", file=sys.stderr, disable=None
             )
         )
-    mean = {m: float(np.mean([per[n][m] for n in names])) for m in metrics}
-    return {"mean": mean, "per_image": {n: per[n] for n in names}}
+    out = {k: {"mean": {m: float(np.mean([per[n][k][m] for n in names])) for m in metrics},
+               "per_image": {n: per[n][k] for n in names}} for k in per[names[0]]}
+    return out if baselines else out[""]
 
 
 def format_table(results: dict[str, dict], metrics: list[str], dataset: str) -> str:
@@ -141,9 +137,12 @@ def evaluate(
         raise FilmError(f"a method is named like a baseline ({', '.join(BASELINES)}): rename it with --name")
     if len(set(labels)) != len(labels):
         raise FilmError(f"two methods share a name: {', '.join(labels)}")
-    results = {label: eval_folder(d, a, b, metrics) for label, d in zip(labels, fused)}
-    if baselines:
-        results.update({rule: eval_folder(fused[0], a, b, metrics, baseline=rule) for rule in BASELINES})
+    scored = [eval_folder(d, a, b, metrics, baselines=baselines and i == 0) for i, d in enumerate(fused)]
+    rules = {}
+    if baselines:  # the rules are scored with the first folder, in the same pass over its pairs
+        rules = scored[0]
+        scored[0] = rules.pop("")
+    results = {**dict(zip(labels, scored)), **rules}
     if json_path:
         payload = results[labels[0]] if len(results) == 1 else results
         atomic_write_bytes(json_path, json.dumps(payload, indent=2).encode())
