@@ -28,7 +28,7 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/film fuse --checkpoint demo --random-text --pairs film/samples -o demo_out --grid --color
 
-# the shipped demo weights (docs/training.md, "Demo weights"): about 5 h 30 min on 2 CPU cores (torch and Jittor
+# the shipped demo weights (docs/training.md, "Demo weights"): about 6 h on 2 CPU cores (torch and Jittor
 # side by side, then Jittor alone); writes film/weights/demo.safetensors and build/demo/{curves.png,judge*.json}
 demo-weights: setup
 	$(PY) -m film.demo_weights all --work build/demo

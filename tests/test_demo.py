@@ -18,7 +18,7 @@ from conftest import run_cli as run
 
 # sha256 of film/weights/demo.safetensors, recorded when it was made (make demo-weights; docs/training.md): a
 # change to the shipped weights must be deliberate and change this line with it
-DEMO_SHA256 = "b31a3d65a7c3c9729fe49773a147ac1eb8bb3bc792c070cc5a7293f8c5b64579"
+DEMO_SHA256 = "71bffaee2779b875b26fafcf32ee6deac7433d354e0a630adc36f5c728196474"
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "fusion_samples")
 
 
@@ -179,3 +179,33 @@ def test_recipe_first_steps_match_across_frameworks(capsys, tmp_path, tb, jb):
     assert [(p["dataset"], p["name"]) for p in info["data"]] == [("IVF/RoadScene", os.path.splitext(name)[0])]
     assert info["history"].startswith("656 steps")
     assert info["history"].count("--init") == len(demo_weights.CONTINUATIONS)
+
+
+def test_recipe_task_stage_trains_on_that_task_alone(tmp_path):
+    """A CONTINUATIONS stage limited to MEF: its H5 holds the MEF pair's crops only, numbered and seeded as if
+    that pair were alone (the same crops as a data folder holding only MEF), and the stage's film train flags
+    are the recipe's with its own epochs, --init and reweighted loss appended (written out by hand here)."""
+    import h5py
+
+    from film import demo_weights
+
+    rng = np.random.default_rng(5)
+    for task, sides in (("IVF/RoadScene", ("ir", "vi")), ("MEF/MEFB", ("over", "under"))):
+        for side in sides:
+            img = rng.integers(0, 256, (140, 150), dtype=np.uint8)
+            for root in ("both", "mef_only") if task.startswith("MEF") else ("both",):
+                os.makedirs(tmp_path / root / task / side)
+                cv2.imwrite(str(tmp_path / root / task / side / "p1.png"), img)
+    m = demo_weights.prepare(str(tmp_path / "both"), str(tmp_path / "mef.h5"), ("MEF",))
+    assert [(p["dataset"], p["name"]) for p in m["pairs"]] == [("MEF/MEFB", "p1")]
+    demo_weights.prepare(str(tmp_path / "mef_only"), str(tmp_path / "ref.h5"))
+    with h5py.File(tmp_path / "mef.h5") as f, h5py.File(tmp_path / "ref.h5") as g:
+        assert sorted(f["imageA"]) == sorted(g["imageA"]) and len(f["imageA"]) == demo_weights.CROPS_PER_PAIR
+        for grp in ("imageA", "imageB", "text"):
+            for k in f[grp]:
+                assert np.array_equal(f[grp][k][()], g[grp][k][()])
+    with pytest.raises(demo_weights.FilmError, match="no training pairs of MFF"):
+        demo_weights.training_pairs(str(tmp_path / "both"), ("MFF",))
+    flags = demo_weights.stage_flags(4, "w.pkl", {"--lr": "1e-4", "--ssim-weight": "0.05"})
+    assert flags == ["--batch-size", "4", "--epochs", "4", "--lr", "1e-4", "--step-size", "1000", "--gamma", "0.6",
+                     "--seed", "0", "--init", "w.pkl", "--ssim-weight", "0.05"]
