@@ -169,8 +169,9 @@ def history(steps_before: int) -> str:
 def _describe(epochs: int, tasks: tuple[str, ...] | None, flags: dict) -> str:
     only = f" on the {', '.join(tasks)} pairs only" if tasks else ""
     changed = f" with {' '.join(f'{k} {v}' for k, v in flags.items())}" if flags else ""
-    return (f"a Jittor run of {epochs} epoch{'s' if epochs != 1 else ''}{only} started from the previous one's last weights (--init, a "
-            f"fresh Adam state){changed}")
+    runs = f"{epochs} epoch{'s' if epochs != 1 else ''}"
+    return (f"a Jittor run of {runs}{only} started from the previous one's last weights (--init, a fresh Adam "
+            f"state){changed}")
 
 
 def stage_flags(epochs: int, init: str, flags: dict) -> list[str]:
