@@ -50,8 +50,8 @@ SHIPPED_EPOCHS = 2  # the Jittor run continued (--resume) to this many epochs, e
 # average of A and B, even on the pairs trained on (docs/training.md, "Why MEF's VIFF stays below ...").
 FINISH = {"--lr": "1e-4", "--ssim-weight": "0.05", "--grad-weight": "10"}
 # After the SHIPPED_EPOCHS run, Jittor runs, each started from the previous one's last weights (--init: a fresh
-# Adam state, the same seed and data order): (epochs, the tasks whose pairs it trains on (None: all), flags replacing the recipe's). The
-# last one's weights are shipped.
+# Adam state, the same seed and data order): (epochs, the tasks whose pairs it trains on (None: all), flags
+# replacing the recipe's). The last one's weights are shipped.
 CONTINUATIONS = ((2, None, {}), (6, None, {}), (4, ("MEF",), FINISH), (4, ("MEF",), FINISH), (4, ("MEF",), FINISH))
 RECIPE_FLAGS = ["--batch-size", "4", "--epochs", "1", "--lr", "2e-4", "--step-size", "1000", "--gamma", "0.6",
                 "--seed", "0", "--init", "random"]
