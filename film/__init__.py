@@ -10,11 +10,12 @@ __version__ = "0.1.0"
 __all__ = ["FilmError", "load_fuser", "encode_text", "read_gray01", "reuse_freed_memory", "__version__"]
 
 
-def load_fuser(checkpoint, backend: str | None = None, device: str = "auto", cfg=None, fast=None):
+def load_fuser(checkpoint, backend: str | None = None, device: str = "auto", cfg=None, fast=None,
+               precision: str = "float32"):
     """Load a FILM checkpoint (any supported format) into ``backend`` and return a :class:`film.api.Fuser`."""
     from film.api import load_fuser as _load
 
-    return _load(checkpoint, backend=backend, device=device, cfg=cfg, fast=fast)
+    return _load(checkpoint, backend=backend, device=device, cfg=cfg, fast=fast, precision=precision)
 
 
 def encode_text(a_paragraph: str, b_paragraph: str, encoder="Salesforce/blip2-itm-vit-g", device: str = "cpu",

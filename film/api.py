@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,12 +30,15 @@ def available_memory() -> int | None:
 
 def check_memory(impl, batch: int, h: int, w: int, device: str) -> None:
     """Refuse, before allocating anything, a CPU forward of ``batch`` x ``h`` x ``w`` that would not fit in
-    MemAvailable: ``impl`` (the backend) owns its measured constants (``inference_memory``, docs/memory.md)."""
+    MemAvailable: ``impl`` (the backend) owns its measured constants (``inference_memory``, docs/memory.md).
+    Memory the backend keeps for its next forward (the torch workspace) is given back first when short."""
     if str(device).startswith("cuda") or os.environ.get("FILM_SKIP_MEMORY_CHECK") == "1":
         return
     fixed, per_pixel = impl.inference_memory()
     need = fixed + per_pixel * batch * h * w
     avail = available_memory()
+    if avail is not None and need > avail and impl.release_memory() > 0:
+        avail = available_memory()
     if avail is not None and need > avail:
         raise FilmError(
             f"fusing {batch}x{h}x{w} with the {impl.NAME} backend needs about {need / 2**30:.1f} GiB of memory, "
@@ -104,6 +109,16 @@ def check_text(text: np.ndarray, text_dim: int, batch: int, name: str = "text") 
     return t
 
 
+_live_fusers: set[int] = set()
+
+
+def _fuser_gone(key: int, backend: str, device: str) -> None:
+    _live_fusers.discard(key)
+    if not _live_fusers:
+        with contextlib.suppress(Exception):  # at interpreter exit the backend may be half torn down
+            get_backend(backend, device).release_memory()
+
+
 @dataclass
 class Fuser:
     """A loaded FILM network in one backend."""
@@ -118,6 +133,17 @@ class Fuser:
     def impl(self):
         """The backend module (:class:`film.backends.base.Backend`)."""
         return get_backend(self.backend, self.device)
+
+    def __post_init__(self):
+        # the memory a backend keeps between forwards (the torch CPU workspace) goes back with the last Fuser
+        _live_fusers.add(id(self))
+        weakref.finalize(self, _fuser_gone, id(self), self.backend, self.device)
+
+    def release_memory(self) -> int:
+        """Give back to the system the memory kept for the next forward (torch on CPU keeps its feature maps:
+        the next ``fuse`` reuses them instead of faulting them in again); returns the bytes given back. Called
+        by itself when the last Fuser is garbage-collected and before a forward that would not fit."""
+        return self.impl.release_memory()
 
     def fuse(self, a: np.ndarray, b: np.ndarray, text: np.ndarray, taps: dict | None = None) -> np.ndarray:
         """Fuse A and B guided by ``text``.
@@ -148,6 +174,7 @@ def load_fuser(
     device: str = "auto",
     cfg: FilmConfig | None = None,
     fast: bool | None = None,
+    precision: str = "float32",
 ) -> Fuser:
     """Load a FILM checkpoint into a backend.
 
@@ -161,6 +188,9 @@ def load_fuser(
     4-8e-6 from the official-style kernels instead of 2e-6); None: the device's default (on for CPU, off for
     CUDA until measured there). Jittor: NHWC feature maps on oneDNN (~1.3x; None: on when oneDNN runs).
     False: the official NCHW order in both.
+    precision: "float32" (default; the precision tested against the official network), or opt-in "bf16" (torch,
+    on CPUs with native bf16 such as AVX512-BF16 / AMX, and on CUDA) or "fp16" (torch on CUDA): refused with a
+    FilmError elsewhere (film.common.precision; its cost: docs/parity.md, "Reduced precision").
     """
     if backend is None:  # an exported model runs with onnxruntime, anything else with torch
         backend = default_backend(checkpoint)
@@ -170,4 +200,5 @@ def load_fuser(
     cfg = ck.cfg
     dev = str(impl.resolve_device(device))
     impl.set_fast(model, fast)
+    impl.set_precision(model, precision)
     return Fuser(backend, model, cfg, dev, ck)

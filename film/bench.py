@@ -11,6 +11,11 @@ max_memory_allocated on CUDA) belongs to that case alone. Implementations:
   torch-nhwc      the torch backend in channels_last (``--fast``)
   jittor          the Jittor backend
   onnx            film export's ONNX model of the same weights, run by onnxruntime (inference only; when installed)
+  torch-library   ``film.load_fuser(...).fuse()`` as a host program calls it: no opt-in, glibc's malloc defaults
+                  (the torch backend's own CPU workspace only; film/backends/torch/workspace.py)
+  jittor-library  the same with the Jittor backend
+  official-code   the official IF-FILM network itself (``--official-code DIR``: a checkout of its repository),
+                  glibc's defaults; official-code-tuned: the same under GLIBC_TUNABLES (the anchor of issue 35)
 Results: benchmarks/results/<date>_<device>.json (machine, versions, date) and a Markdown table.
 """
 
@@ -24,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -52,17 +58,45 @@ def _inputs(h: int, w: int, batch: int = 1):
             random_text(SYNTHETIC_TEXT_LEN, 768, seed=1, batch=batch))
 
 
-# label -> (backend, fast inference layout: None = as shipped, official-style forward)
+class Impl(NamedTuple):
+    """What a bench case runs."""
+
+    backend: str
+    fast: bool | None  # the fast inference layout; None: as shipped
+    official: bool  # the official-style forward (or the official code itself)
+    process_heap: bool = False  # the process keeps freed memory (film.common.heap), as the film command does
+    library: bool = False  # through film.load_fuser(...).fuse(), as a host program calls it
+    tunables: bool = False  # the child runs under GLIBC_TUNABLES (the official code as PyTorch's guide tunes it)
+
+
 IMPLS = {
-    "official-style": ("torch", False, True),
-    "official-heap": ("torch", False, True),
-    "torch": ("torch", None, False),
-    "torch-nchw": ("torch", False, False),
-    "torch-nhwc": ("torch", True, False),
-    "jittor": ("jittor", None, False),
-    "onnx": ("onnx", None, False),
+    "official-style": Impl("torch", False, True),
+    "official-heap": Impl("torch", False, True, process_heap=True),
+    "official-code": Impl("torch", False, True),
+    "official-code-tuned": Impl("torch", False, True, tunables=True),
+    "torch": Impl("torch", None, False, process_heap=True),
+    "torch-nchw": Impl("torch", False, False, process_heap=True),
+    "torch-nhwc": Impl("torch", True, False, process_heap=True),
+    "torch-library": Impl("torch", None, False, library=True),
+    "jittor": Impl("jittor", None, False, process_heap=True),
+    "jittor-library": Impl("jittor", None, False, library=True),
+    "onnx": Impl("onnx", None, False, process_heap=True),
 }
-BASELINES = ("official-style", "official-heap")  # every other case is compared with each
+OFFICIAL_CODE = ("official-code", "official-code-tuned")
+BASELINES = ("official-style", "official-heap", *OFFICIAL_CODE)  # every other case is compared with each
+TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
+
+
+def _official_code_net(path: str):
+    """The official network class from a checkout of the IF-FILM repository (net/Film.py), or a FilmError."""
+    if not os.path.isfile(os.path.join(path, "net", "Film.py")):
+        raise FilmError(f"--official-code {path}: no net/Film.py there (give a checkout of the IF-FILM repository)")
+    sys.path.insert(0, os.path.abspath(path))
+    try:
+        from net.Film import Net
+    except ImportError as e:
+        raise FilmError(f"--official-code {path}: the official code does not import here ({e})") from None
+    return Net
 
 
 def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, train: bool, out_npy: str | None,
@@ -79,10 +113,11 @@ def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, 
     from film.common.spec import OFFICIAL
     from film.common.training import TrainConfig
 
-    backend, fast, official = IMPLS[impl]
+    spec = IMPLS[impl]
+    backend, fast, official = spec.backend, spec.fast, spec.official
     # as film fuse runs (its process keeps freed memory; film.common.heap), and the official code under the glibc
     # tunables (the same two settings); a training step of ours decides in its memory plan
-    if (not official and not train) or impl == "official-heap":
+    if spec.process_heap and (impl == "official-heap" or not train):
         from film.common.heap import enable_for_process
 
         enable_for_process()
@@ -122,6 +157,26 @@ def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, 
 
         def once():
             return be.forward_numpy(model, a, b, t)
+    elif impl in OFFICIAL_CODE:  # the official network itself, as its test.py runs it (torch.no_grad, NCHW)
+        import torch
+
+        net = _official_code_net(os.environ["FILM_OFFICIAL_CODE"])(hidden_dim=256, image2text_dim=32)
+        net.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)  # the official names
+        net = net.to(device).eval()
+        layout = "nchw (official code)"
+        xa, xb, xt = (torch.from_numpy(x).to(device) for x in (a, b, t))
+
+        def once():
+            with torch.no_grad():
+                return net(xa, xb, xt).cpu().numpy()
+    elif spec.library:  # a host program's call: load_fuser(...).fuse() on HxW arrays
+        import film
+
+        fuser = film.load_fuser(sd, backend=backend, device=device)
+        layout = "nhwc" if fuser.impl.is_fast(fuser.model) else "nchw"
+
+        def once():
+            return fuser.fuse(a[0, 0], b[0, 0], t[0])[None, None]
     else:
         model = be.set_fast(be.build_model(OFFICIAL, sd, device), fast)
         layout = "nhwc" if be.is_fast(model) else "nchw"
@@ -157,7 +212,9 @@ def _child(impl, size, device, repeats, warmup, train, tmp, batch=2, recompute=N
         f"r = run_case({impl!r}, {size[0]}, {size[1]}, {device!r}, {repeats}, {warmup}, {train}, {out_npy!r}, "
         f"{batch}, {recompute!r}, {heap!r}); print('FILM_BENCH ' + json.dumps(r))"
     )
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    if IMPLS[impl].tunables:
+        env["GLIBC_TUNABLES"] = TUNABLES
     if recompute is not None:
         env["FILM_SKIP_MEMORY_CHECK"] = "1"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
@@ -328,6 +385,7 @@ def bench(
     output: str | None = None,
     train_batches: tuple[int, ...] = (2, 8),
     train_memory: bool = False,
+    official_code: str | None = None,
 ) -> tuple[dict, str]:
     """Time official-style / torch / jittor (each case in its own process) and write the results file;
     returns (results, path). ``backends``: comma list of torch, torch-nchw, torch-nhwc, jittor (official-style
@@ -335,7 +393,9 @@ def bench(
     plan; official-style where it fits in memory); ``metrics``: film eval vs the straightforward port;
     ``memory``: one cold run per size and a line fit of peak memory per pixel; ``train_memory``: peak memory of
     a training step per backend, recompute mode and heap policy at batch 1 and 2 (288x384) and their line fit,
-    the constants of ``train_memory`` in each backend."""
+    the constants of ``train_memory`` in each backend; ``official_code``: a checkout of the official IF-FILM
+    repository, timed as it is with glibc's defaults and under GLIBC_TUNABLES (the anchor every ratio is
+    also given against)."""
     if device == "auto":
         from film.common.launch import has_nvidia_gpu
 
@@ -351,8 +411,12 @@ def bench(
     from film.backends.registry import get_backend
 
     # the torch layout that "torch" (as shipped) does not use on this device
-    other = "torch-nchw" if get_backend(IMPLS["torch"][0], device).fast_default(device) else "torch-nhwc"
-    impls = ["official-style", "torch", other, "jittor"]
+    other = "torch-nchw" if get_backend(IMPLS["torch"].backend, device).fast_default(device) else "torch-nhwc"
+    impls = ["official-style", "official-heap", "torch", "torch-library", other, "jittor", "jittor-library"]
+    if official_code:
+        _official_code_net(official_code)  # refused here, in one line, before any timing
+        os.environ["FILM_OFFICIAL_CODE"] = os.path.abspath(official_code)
+        impls[2:2] = list(OFFICIAL_CODE)
     import importlib.util
 
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnxscript"):
@@ -361,9 +425,9 @@ def bench(
         names = [ALIASES.get(b, b) for b in backends.split(",") if b]
         bad = [b for b in names if b not in IMPLS or b in BASELINES]
         if bad:
-            raise FilmError(f"--backends: unknown {', '.join(bad)} (choose from torch, torch-nchw, torch-nhwc, jittor, "
-                            "onnx)")
-        impls = ["official-style"] + list(dict.fromkeys(names))
+            raise FilmError(f"--backends: unknown {', '.join(bad)} (choose from torch, torch-nchw, torch-nhwc, "
+                            "torch-library, jittor, jittor-library, onnx)")
+        impls = ["official-style"] + (list(OFFICIAL_CODE) if official_code else []) + list(dict.fromkeys(names))
     kind = "_memory" if memory else ""
     out = output or os.path.join(
         _repo_root() or ".", "benchmarks", "results", f"{time.strftime('%Y-%m-%d')}_{device}{kind}.json"
@@ -376,8 +440,9 @@ def bench(
         cases = [(i, s, False, 1) for s in size_list for i in impls]
         if train:  # at the training size, 288x384 by default: the official recipe's --small crops
             for bs in train_batches:
-                cases += [(i, size_list[0], True, bs) for i in impls if i not in BASELINES + (other, "onnx")]
-                cases += [(i, size_list[0], True, bs) for i in BASELINES]
+                cases += [(i, size_list[0], True, bs) for i in impls
+                          if i not in BASELINES + (other, "onnx") and not IMPLS[i].library]
+                cases += [(i, size_list[0], True, bs) for i in ("official-style", "official-heap")]
         for impl, size, is_train, bs in tqdm(cases, desc="bench", file=sys.stderr, disable=None):
             if is_train and impl in BASELINES and not _official_fits(device, bs, *size, impl == "official-heap"):
                 results["train_step"].append({
@@ -413,7 +478,8 @@ def bench(
 
 def _impl_label(r: dict) -> str:
     """'torch (nhwc)': the as-shipped implementations show the layout they ran in."""
-    shipped = IMPLS.get(r["impl"], (None, False, False))[1] is None
+    spec = IMPLS.get(r["impl"])
+    shipped = spec is not None and spec.fast is None
     return f"{r['impl']} ({r['layout']})" if shipped and r.get("layout") else r["impl"]
 
 
@@ -428,8 +494,12 @@ def format_results(res: dict) -> str:
         for k, f in res["fit"].items():
             lines.append(f"fit {k}: {f['fixed_bytes'] / 2**20:.0f} MB + {f['bytes_per_pixel']} B/pixel per sample")
         return "\n".join(lines)
-    lines += ["| what | size | impl | median s | vs official-style | vs official-heap | peak MB | vs official-style | "
-              "vs official-heap | max abs vs official-style |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = res["inference"] + res["train_step"]
+    ran = [b for b in BASELINES if any(r["impl"] == b and "failed" not in r for r in rows)]  # columns of run ones
+    keys = [b.replace("-", "_") for b in ran]
+    lines += ["| what | size | impl | median s | " + "".join(f"vs {b} | " for b in ran) + "peak MB | "
+              + "".join(f"memory vs {b} | " for b in ran) + "max abs vs official-style |",
+              "|---|---|---|---|" + "---|" * (2 * len(ran) + 2)]
 
     def ratio(r, k):
         return "" if r.get(k) is None else f"{r[k]:.2f}x"
@@ -438,13 +508,13 @@ def format_results(res: dict) -> str:
         for r in res[group]:
             label = "inference" if group == "inference" else f"train step (bs {r.get('batch', 2)})"
             if "failed" in r:
-                lines.append(f"| {label} | {r['size']} | {r['impl']} | {r['failed']} |" + " |" * 6)
+                lines.append(f"| {label} | {r['size']} | {r['impl']} | {r['failed']} |" + " |" * (2 * len(ran) + 2))
                 continue
             d = r.get("max_abs_vs_official_style")
             lines.append(f"| {label} | {r['size']} | {_impl_label(r)} | {r['median_s']:.3f} | "
-                         f"{ratio(r, 'speedup_vs_official_style')} | {ratio(r, 'speedup_vs_official_heap')} | "
-                         f"{_peak_mb(r):.0f} | {ratio(r, 'memory_vs_official_style')} | "
-                         f"{ratio(r, 'memory_vs_official_heap')} | {'' if d is None else f'{d:.1e}'} |")
+                         + "".join(f"{ratio(r, f'speedup_vs_{k}')} | " for k in keys) + f"{_peak_mb(r):.0f} | "
+                         + "".join(f"{ratio(r, f'memory_vs_{k}')} | " for k in keys)
+                         + f"{'' if d is None else f'{d:.1e}'} |")
     plans = [(r["impl"], r.get("batch"), r["plan"]) for r in res["train_step"] if r.get("plan")]
     for impl, bs, plan in plans:
         lines.append(f"\n{impl} train step, bs {bs}: {plan}")

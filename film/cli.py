@@ -180,6 +180,10 @@ def add_fuse(sub) -> None:
         "--batch-size", type=int, default=1, help="pairs per forward pass (same-size pairs are batched)"
     )
     _add_fast(f)
+    f.add_argument("--precision", default="float32", choices=["float32", "bf16", "fp16"],
+                   help="float32 (default: the precision tested against the official network); opt-in bf16 with "
+                   "the torch backend on CPUs with native bf16 (AVX512-BF16, AMX) or CUDA, fp16 on CUDA: faster, "
+                   "less exact (docs/parity.md, Reduced precision); refused in one line elsewhere")
     f.set_defaults(func=cmd_fuse)
 
 
@@ -191,7 +195,7 @@ def cmd_fuse(args) -> int:
     n = fuse_folder(
         args.output, args.checkpoint, a=args.a, b=args.b, pairs=args.pairs, h5=args.h5, text=args.text,
         random_text=args.random_text, backend=args.backend, device=args.device, color=args.color, grid=args.grid,
-        batch_size=args.batch_size, fast=args.fast,
+        batch_size=args.batch_size, fast=args.fast, precision=args.precision,
     )
     backend = args.backend or default_backend(args.checkpoint)
     print(f"fused {n} pair(s) with {backend} in {time.time() - t0:.1f}s -> {args.output}")
@@ -396,9 +400,13 @@ def add_bench(sub) -> None:
     k = sub.add_parser("bench", help="timings, peak memory and agreement vs an official-style eager forward")
     k.add_argument("--device", default="auto", help="auto, cpu or cuda")
     k.add_argument("--sizes", nargs="+", help="HxW sizes (default: 288x384 480x640, plus 768x1024 on GPU)")
-    k.add_argument("--backends", help="comma list of torch (as shipped), torch-nchw, torch-nhwc, jittor, onnx "
-        "(default: torch, the layout torch does not ship on the device, jittor, and onnx when onnxruntime is "
-        "installed; official-style always runs)")
+    k.add_argument("--backends", help="comma list of torch (as shipped, as the film command runs it), "
+        "torch-library (film.load_fuser(...).fuse() in a host program: no opt-in, glibc's defaults), torch-nchw, "
+        "torch-nhwc, jittor, jittor-library, onnx (default: all of them except the torch layout the device does not "
+        "ship by default, onnx only when onnxruntime is installed; official-style and official-heap always run)")
+    k.add_argument("--official-code", metavar="DIR",
+                   help="a checkout of the official IF-FILM repository: its network is timed too, with glibc's "
+                   "defaults and under GLIBC_TUNABLES (the tuned official: every ratio is also given against it)")
     k.add_argument("--repeats", type=int, default=3, help="timed runs per case (median reported)")
     k.add_argument("--warmup", type=int, default=1, help="untimed runs first (Jittor compiles on its first run)")
     k.add_argument("--train", action="store_true",
@@ -419,7 +427,8 @@ def cmd_bench(args) -> int:
     from film.bench import bench, format_results
 
     results, out = bench(args.device, args.sizes, args.backends, args.repeats, args.warmup, args.train,
-                         args.metrics, args.memory, args.output, tuple(args.train_batches), args.train_memory)
+                         args.metrics, args.memory, args.output, tuple(args.train_batches), args.train_memory,
+                         official_code=args.official_code)
     print(format_results(results))
     print(f"results: {out}")
     return 0

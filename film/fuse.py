@@ -39,6 +39,7 @@ class FuseOptions:
     grid: bool = False
     batch_size: int = 1
     fast: bool | None = None
+    precision: str = "float32"  # opt-in bf16 / fp16 (film.common.precision)
 
 
 def collect(args, dim: int) -> list[Item]:
@@ -152,6 +153,7 @@ def fuse_folder(
     grid: bool = False,
     batch_size: int = 1,
     fast: bool | None = None,
+    precision: str = "float32",
 ) -> int:
     """Fuse every pair of one source (``a`` + ``b`` folders, a ``pairs`` tree, or an ``h5`` file) and write what
     the official test.py writes: ``output/Gray/<name>.png`` (+ ``Color/``, ``grid/``). Returns the pair count.
@@ -160,7 +162,7 @@ def fuse_folder(
         raise FilmError("give exactly one source: a (with b), pairs, or h5")
     opts = FuseOptions(output=output, checkpoint=checkpoint, backend=backend, device=device, a=a, b=b, pairs=pairs,
                        h5=h5, text=text, random_text=random_text, color=color, grid=grid, batch_size=batch_size,
-                       fast=fast)
+                       fast=fast, precision=precision)
     return _fuse(opts)
 
 
@@ -197,6 +199,7 @@ def _fuse(args: FuseOptions) -> int:
         backend=args.backend,
         device=args.device,
         fast=args.fast,
+        precision=args.precision,
     )
     kind = weights_kind(fuser)
     args.fused_title = FUSED_TITLE[kind]

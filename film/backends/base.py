@@ -85,6 +85,10 @@ class Backend(Protocol):
 
     def is_fast(self, model: Any) -> bool: ...
 
+    def set_precision(self, model: Any, precision: str = "float32") -> Any: ...  # film.common.precision
+
+    def release_memory(self) -> int: ...  # give memory kept for the next forward back to the system (bytes)
+
     def describe(self) -> str: ...
 
     def versions(self) -> dict: ...  # framework versions and kernel path, for results files

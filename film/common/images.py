@@ -15,6 +15,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+# OpenCV's own logger would print "[ WARN:0@7.287] ... imread_ ... PNG input buffer is incomplete" before film's
+# one-line message about the same file: film reports unreadable images itself
+cv2.setLogLevel(0)
+
 from film.common.atomic import atomic_write_bytes
 from film.errors import FilmError
 

@@ -46,6 +46,11 @@ def read_npy(path: str) -> np.ndarray:
     """A .npy array; never unpickles (allow_pickle=False)."""
     if not os.path.isfile(path):
         raise FilmError(f"{path}: no such text-feature file")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":  # np.load would try it as a pickle and blame pickling, which misleads
+        raise FilmError(f"{path}: not a .npy array (the file does not start with numpy's .npy header; save the "
+                        "features with numpy.save)")
     try:
         return np.load(path, allow_pickle=False)
     except Exception as e:  # a corrupt header raises ValueError, SyntaxError, MemoryError, ...

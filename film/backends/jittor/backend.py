@@ -54,6 +54,20 @@ def forward_numpy(
     return result
 
 
+def set_precision(model, precision: str = "float32"):
+    """The Jittor backend runs float32 only (film.common.precision refuses the others in one line)."""
+    from film.common.precision import check_precision
+
+    check_precision(precision, "cpu", "jittor", reduced=False)
+    return model
+
+
+def release_memory() -> int:
+    """Jittor's allocator keeps freed blocks for reuse; ``jt.gc()`` gives what it can back (bytes not known)."""
+    jt.gc()
+    return 0
+
+
 def describe() -> str:
     from film.backends.jittor.runtime import onednn_status
 

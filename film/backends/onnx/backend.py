@@ -112,6 +112,19 @@ def fast_default(device: str) -> bool:
     return False
 
 
+def set_precision(model, precision: str = "float32"):
+    """onnxruntime runs the exported float32 graph (film.common.precision refuses the others in one line)."""
+    from film.common.precision import check_precision
+
+    check_precision(precision, "cpu", "onnx", reduced=False)
+    return model
+
+
+def release_memory() -> int:
+    """onnxruntime's arena lives with its session: nothing to give back between runs."""
+    return 0
+
+
 def describe() -> str:
     import onnxruntime as ort
 

@@ -3,11 +3,13 @@ functions; tests/test_backend_interface.py checks it), plus torch's ``fast_defau
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
 import torch
 
+from film.backends.torch import workspace
 from film.backends.torch.core import (  # noqa: F401 - part of the Backend interface
     FAST_BY_DEFAULT,
     RECOMPUTE_BY_DEFAULT,
@@ -16,9 +18,11 @@ from film.backends.torch.core import (  # noqa: F401 - part of the Backend inter
     input_format,
     is_fast,
     load_state_dict,
+    precision_of,
     resolve_device,
     resolve_recompute,
     set_fast,
+    set_precision,
     state_dict_numpy,
 )
 from film.backends.torch.model import Net
@@ -69,7 +73,10 @@ def train_memory(recompute: str, heap_reuse: bool) -> tuple[int, int]:
 def load_model(checkpoint, cfg: FilmConfig | None = None, device: str = "auto"):
     """(model, Checkpoint) from any checkpoint film reads (film.common.checkpoint.load_weights)."""
     ck = load_weights(checkpoint, cfg)
-    return build_model(ck.cfg, ck.state_dict, device), ck
+    model = build_model(ck.cfg, ck.state_dict, device)
+    if next(model.parameters()).device.type == "cpu":
+        workspace.status()  # build / load the CPU workspace now (~3 s once per machine), not in the first fuse
+    return model, ck
 
 
 def forward_numpy(
@@ -80,21 +87,31 @@ def forward_numpy(
     dt = np.float64 if p.dtype == torch.float64 else np.float32  # a .double() model is the float64 reference
     raw: dict | None = {} if taps is not None else None
     fmt = input_format(model)
-    with torch.inference_mode():
+    # on CPU the feature maps are reused from the workspace instead of being faulted in again (workspace.py)
+    reuse = workspace.scope() if p.device.type == "cpu" else contextlib.nullcontext()
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision_of(model))
+    autocast = torch.autocast(p.device.type, dtype=low) if low is not None else contextlib.nullcontext()
+    with reuse, torch.inference_mode(), autocast:
         out = model(
             torch.from_numpy(np.ascontiguousarray(a, dtype=dt)).to(p.device).contiguous(memory_format=fmt),
             torch.from_numpy(np.ascontiguousarray(b, dtype=dt)).to(p.device).contiguous(memory_format=fmt),
             torch.from_numpy(np.ascontiguousarray(text, dtype=dt)).to(p.device),
             taps=raw,
         )
+    real = torch.float64 if dt == np.float64 else torch.float32  # bf16 / fp16 results come back as float32
     if taps is not None:
-        taps.update({k: np.ascontiguousarray(v.cpu().numpy()) for k, v in raw.items()})
-    return np.ascontiguousarray(out.cpu().numpy())
+        taps.update({k: np.ascontiguousarray(v.to(real).cpu().numpy()) for k, v in raw.items()})
+    return np.ascontiguousarray(out.to(real).cpu().numpy())
+
+
+def release_memory() -> int:
+    """Give the workspace's kept feature maps back to the system (bytes); the next forward maps them anew."""
+    return workspace.release()
 
 
 def describe() -> str:
     cuda = f", CUDA {torch.version.cuda}" if torch.cuda.is_available() else ""
-    return f"torch {torch.__version__}{cuda}"
+    return f"torch {torch.__version__}{cuda}, CPU workspace {workspace.status()}"
 
 
 def make_trainer(device: str, model_cfg: FilmConfig = OFFICIAL):
@@ -132,7 +149,7 @@ def prepare_launch(device: str, model_cfg: FilmConfig, cfg) -> None:
 
 
 def versions() -> dict:
-    return {"torch": torch.__version__, "cuda": torch.version.cuda}
+    return {"torch": torch.__version__, "cuda": torch.version.cuda, "cpu_workspace": workspace.status()}
 
 
 class _OfficialStyle(torch.nn.Module):

@@ -69,6 +69,19 @@ def set_fast(model: Net, fast: bool | None = True) -> Net:
     return model
 
 
+def set_precision(model: Net, precision: str = "float32") -> Net:
+    """Inference precision (film.common.precision): float32 (default), or bf16 / fp16 through torch autocast
+    where the device runs them natively; refused in one line elsewhere."""
+    from film.common.precision import check_precision
+
+    model._film_precision = check_precision(precision, next(model.parameters()).device.type, "torch")
+    return model
+
+
+def precision_of(model) -> str:
+    return getattr(model, "_film_precision", "float32")
+
+
 def is_fast(model: Net) -> bool:
     return bool(getattr(model, "_film_fast", False))
 

@@ -1,0 +1,48 @@
+"""Bad inputs a new user met (issue 37): each gives film's one line and nothing from the libraries underneath."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+
+from film.cli import main
+
+
+def _pair(tmp_path, samples):
+    for side in ("ir", "vi"):
+        os.makedirs(tmp_path / "pairs" / side)
+        shutil.copy(os.path.join(samples, "IVF", "RoadScene", side, "FLIR_07809.jpg"), tmp_path / "pairs" / side / "p.jpg")
+    return tmp_path / "pairs"
+
+
+def test_truncated_png_one_line_no_opencv_warning(tmp_path, samples, capfd):
+    """OpenCV's logger writes to the process's stderr itself ("[ WARN:0@...] ... PNG input buffer is
+    incomplete"); capfd reads the file descriptor, so that line would be seen."""
+    pairs = _pair(tmp_path, samples)
+    png = (tmp_path / "full.png")
+    import cv2
+
+    cv2.imwrite(str(png), np.full((64, 80), 128, np.uint8))
+    data = png.read_bytes()
+    os.remove(pairs / "ir" / "p.jpg")
+    (pairs / "ir" / "p.png").write_bytes(data[: len(data) // 2])
+    os.rename(pairs / "vi" / "p.jpg", pairs / "vi" / "p.png")
+    code = main(["fuse", "--checkpoint", "random", "--random-text", "--a", str(pairs / "ir"), "--b",
+                 str(pairs / "vi"), "--device", "cpu", "-o", str(tmp_path / "out")])
+    err = capfd.readouterr().err
+    assert code == 2, err
+    lines = [ln for ln in err.strip().splitlines() if "seeded random weights" not in ln]  # the weights' notice
+    assert "WARN" not in err and len(lines) == 1 and "p.png" in lines[0], err
+
+
+def test_text_file_named_npy_says_not_an_npy_array(tmp_path, samples, capfd):
+    pairs = _pair(tmp_path, samples)
+    os.makedirs(tmp_path / "text")
+    (tmp_path / "text" / "p.npy").write_text("a paragraph, not features")
+    code = main(["fuse", "--checkpoint", "random", "--pairs", str(pairs), "--text", str(tmp_path / "text"),
+                 "--device", "cpu", "-o", str(tmp_path / "out")])
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if "seeded random weights" not in ln]  # the weights' notice
+    assert code == 2 and len(lines) == 1 and "not a .npy array" in lines[0] and "pickle" not in err, err
