@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
+
 from film.common.precision import check_precision, cpu_has_native_bf16
 from film.errors import FilmError
 

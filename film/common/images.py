@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from film.common.atomic import atomic_write_bytes
+from film.errors import FilmError
+
 # OpenCV's own logger would print "[ WARN:0@7.287] ... imread_ ... PNG input buffer is incomplete" before film's
 # one-line message about the same file: film reports unreadable images itself
 cv2.setLogLevel(0)
-
-from film.common.atomic import atomic_write_bytes
-from film.errors import FilmError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # Folder names of the A and B sources, per task, as the VLF dataset and the official scripts use them.
