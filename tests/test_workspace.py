@@ -95,3 +95,31 @@ def test_refused_build_falls_back_to_torchs_allocator(tmp_path):
     s = json.loads(out.splitlines()[-1])
     assert s["status"].startswith("could not be built"), s
     assert np.load(tmp_path / "x.npy").shape == (200, 264)
+
+
+_SIZES = """
+import json, numpy as np
+import film
+from film.backends.torch import workspace
+rng = np.random.default_rng(1)
+t = rng.standard_normal((9, 768)).astype(np.float32)
+f = film.load_fuser("random", backend="torch", device="cpu")
+res = []
+for h, w in ((160, 200), (160, 200), (240, 300), (160, 200)):
+    a = rng.random((h, w), dtype=np.float32)
+    f.fuse(a, a, t)
+    res.append(workspace.stats())
+print(json.dumps(res))
+"""
+
+
+def test_kept_maps_follow_the_last_image_size():
+    """The same size again maps nothing new; another size leaves only its own maps kept (no pile-up over a
+    folder of many sizes)."""
+    s = json.loads(_run(_SIZES).splitlines()[-1])
+    assert s[1]["maps"] == s[0]["maps"] and s[1]["kept_bytes"] == s[0]["kept_bytes"], s  # all reused
+    assert s[2]["maps"] > s[1]["maps"], s
+    # without dropping, every block of the first size would stay kept beside the new ones
+    new_bytes = s[2]["mapped_total"] - s[1]["mapped_total"]
+    assert s[2]["kept_bytes"] < s[1]["kept_bytes"] + new_bytes, s
+    assert s[3]["maps"] > s[2]["maps"], s  # the small size's maps were given back, so they are mapped again

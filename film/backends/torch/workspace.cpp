@@ -4,8 +4,9 @@
 // comes from c10::alloc_cpu and goes back through c10::free_cpu, as with torch's default allocator. While a
 // forward runs (film_enter .. film_exit), each block of kMinBytes or more is mapped by this allocator, and when
 // torch frees it, it is kept for the next block of (nearly) the same size instead of being unmapped. So a
-// feature map is faulted in once per process, not once per layer; glibc's malloc is not touched (the host
-// program's settings stay as they are). film_release unmaps every kept block.
+// feature map is faulted in once per image size, not once per layer; glibc's malloc is not touched (the host
+// program's settings stay as they are). At the end of a forward the kept blocks it did not use are unmapped
+// (the next forward of the same size finds the rest); film_release unmaps every kept block.
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
@@ -15,6 +16,7 @@
 #include <map>
 #include <mutex>
 #include <unordered_map>
+#include <utility>
 
 namespace {
 
@@ -25,9 +27,24 @@ constexpr size_t kSlackDiv = 8;        // a kept block serves a request up to 1/
 struct State {
   std::mutex mu;
   std::unordered_map<void*, size_t> live;  // mapped blocks handed to torch -> mapped size
-  std::multimap<size_t, void*> kept;       // mapped blocks torch freed during a forward, by size
-  size_t kept_bytes = 0, live_bytes = 0, peak_bytes = 0;
-  long active = 0, hits = 0, maps = 0;
+  // mapped blocks torch freed during a forward, by size -> (block, the forward that last freed it)
+  std::multimap<size_t, std::pair<void*, long>> kept;
+  size_t kept_bytes = 0, live_bytes = 0, peak_bytes = 0, mapped_total = 0;
+  long active = 0, hits = 0, maps = 0, generation = 0;
+
+  // Unmap the kept blocks the current forward has not used (caller holds mu): blocks of another image size
+  // never match, and would otherwise pile up over a folder of many sizes.
+  void drop_stale() {
+    for (auto it = kept.begin(); it != kept.end();) {
+      if (it->second.second < generation) {
+        munmap(it->second.first, it->first);
+        kept_bytes -= it->first;
+        it = kept.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
 };
 
 State& state() {
@@ -50,7 +67,7 @@ void film_delete(void* p) {
       s.live_bytes -= size;
       report_delete(p);
       if (s.active > 0) {  // during a forward: keep it for the next map of this size
-        s.kept.emplace(size, p);
+        s.kept.emplace(size, std::make_pair(p, s.generation));
         s.kept_bytes += size;
       } else {
         munmap(p, size);
@@ -73,7 +90,7 @@ struct WorkspaceAllocator final : c10::Allocator {
         auto it = s.kept.lower_bound(size);
         if (it != s.kept.end() && it->first - size <= size / kSlackDiv) {
           size = it->first;
-          p = it->second;
+          p = it->second.first;
           s.kept.erase(it);
           s.kept_bytes -= size;
           s.hits++;
@@ -84,6 +101,7 @@ struct WorkspaceAllocator final : c10::Allocator {
           if (m != MAP_FAILED) {
             p = m;
             s.maps++;
+            s.mapped_total += size;
           }
         }
         if (p != nullptr) {
@@ -124,13 +142,16 @@ int film_install() {
 }
 
 void film_enter() {
-  std::lock_guard<std::mutex> g(state().mu);
-  state().active++;
+  State& s = state();
+  std::lock_guard<std::mutex> g(s.mu);
+  if (s.active++ == 0) s.generation++;
 }
 
+// The end of a forward: the kept blocks it did not use go back to the system; those it used stay for the next.
 void film_exit() {
-  std::lock_guard<std::mutex> g(state().mu);
-  if (state().active > 0) state().active--;
+  State& s = state();
+  std::lock_guard<std::mutex> g(s.mu);
+  if (s.active > 0 && --s.active == 0) s.drop_stale();
 }
 
 // Unmap every kept block (the memory goes back to the system); returns the bytes given back.
@@ -138,13 +159,14 @@ long film_release() {
   State& s = state();
   std::lock_guard<std::mutex> g(s.mu);
   long freed = static_cast<long>(s.kept_bytes);
-  for (auto& kv : s.kept) munmap(kv.second, kv.first);
+  for (auto& kv : s.kept) munmap(kv.second.first, kv.first);
   s.kept.clear();
   s.kept_bytes = 0;
   return freed;
 }
 
-// 0 kept bytes, 1 live mapped bytes, 2 peak mapped bytes, 3 reuses, 4 fresh maps, 5 forwards running
+// 0 kept bytes, 1 live mapped bytes, 2 peak mapped bytes, 3 reuses, 4 fresh maps, 5 bytes ever mapped,
+// 6 forwards running
 long film_stat(int i) {
   State& s = state();
   std::lock_guard<std::mutex> g(s.mu);
@@ -154,6 +176,7 @@ long film_stat(int i) {
     case 2: return static_cast<long>(s.peak_bytes);
     case 3: return s.hits;
     case 4: return s.maps;
+    case 5: return static_cast<long>(s.mapped_total);
     default: return s.active;
   }
 }

@@ -14,7 +14,8 @@ the system's C++ compiler against torch's own headers on first use, ~3 s, cached
   torch's default allocator does;
 * inside ``scope()`` (the torch backend's ``forward_numpy``: ``Fuser.fuse``, ``fuse_folder``, ``film serve``,
   ``film parity``) each block of 1 MiB or more is mapped by the workspace and, when freed, kept for the next
-  block of (nearly) the same size; the kept blocks stay for the next forward;
+  block of (nearly) the same size; at the end of a forward the kept blocks it used stay for the next forward
+  (a folder of same-size pairs faults its maps in once), those it did not use (another size) are unmapped;
 * ``release()`` unmaps every kept block (``Fuser.release_memory()``; also when the last Fuser is collected, and
   before the memory check refuses a forward). The host's own allocations never land in the workspace outside a
   forward, and glibc's settings are never changed, so a block the host frees goes back to the system as usual.
@@ -129,9 +130,9 @@ def release() -> int:
 
 
 def stats() -> dict:
-    """Kept / live / peak mapped bytes, reuses, fresh maps (empty when the workspace is off)."""
+    """Kept / live / peak mapped bytes, reuses, fresh maps, bytes ever mapped (empty when the workspace is off)."""
     lib = _lib()
     if lib is None:
         return {}
-    names = ("kept_bytes", "live_bytes", "peak_bytes", "reuses", "maps")
+    names = ("kept_bytes", "live_bytes", "peak_bytes", "reuses", "maps", "mapped_total")
     return {n: int(lib.film_stat(i)) for i, n in enumerate(names)}
