@@ -74,7 +74,18 @@ class Result:
     parity: dict | None = None
 
     def files(self) -> list[str]:
-        return [p for p in (self.gray, self.color, self.features) if p]
+        """The downloads, each under its own name (Gray/ and Color/ hold the same file name): <name>_gray.png,
+        <name>_color.png (hard links to the written PNGs) and <name>.npy."""
+        folder = os.path.join(self.folder, "out", "download")
+        os.makedirs(folder, exist_ok=True)
+        out = []
+        for kind, path in (("gray", self.gray), ("color", self.color)):
+            if path:
+                dst = os.path.join(folder, f"{self.name}_{kind}.png")
+                if not os.path.exists(dst):
+                    os.link(path, dst)
+                out.append(dst)
+        return [*out, self.features]
 
 
 class FuseService:

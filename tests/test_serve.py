@@ -211,6 +211,9 @@ def test_both_backends_show_live_parity(pair, tb, jb):
     svc = FuseService("random", "both", "none", device="cpu")
     try:
         r = svc.fuse(str(pair / "ir" / "p1.png"), str(pair / "vi" / "p1.png"), "x", "y", "IVF")
+        files = r.files()  # each download under its own name (Gray/p1.png and Color/p1.png used to be two p1.png)
+        assert [os.path.basename(f) for f in files] == ["p1_gray.png", "p1_color.png", "p1.npy"]
+        assert [open(f, "rb").read() for f in files[:2]] == [open(f, "rb").read() for f in (r.gray, r.color)]
     finally:
         svc.close()
     xa, xb = load_pair(Pair("p1", str(pair / "ir" / "p1.png"), str(pair / "vi" / "p1.png")))
