@@ -923,8 +923,10 @@ def test_train_resume_reads_h5_from_run(capsys, tmp_path, tb):
     from film.common.training import TrainConfig
 
     params = json.load(open(os.path.join(run_dir, "param.json")))
-    assert set(params) == {f.name for f in fields(TrainConfig)} | {"world_size", "model_config"}
+    assert set(params) == {f.name for f in fields(TrainConfig)} | {"world_size", "model_config", "init_drawn"}
     assert params["epochs"] == 2 and params["backend"] == "torch"
+    # how the starting weights were drawn: PyTorch's default init in numpy from the seed (the same in Jittor)
+    assert "numpy" in params["init_drawn"] and params["init_drawn"].endswith("seed 0")
     code, msg = run(capsys, "train", "--backend", "torch", "--resume", run_dir, "--device", "cpu")
     assert code == 0, msg
     assert sorted(os.listdir(os.path.join(run_dir, "model"))) == ["ckpt_1.pth", "ckpt_2.pth"]

@@ -35,6 +35,43 @@ def random_state_dict(cfg: FilmConfig = OFFICIAL, seed: int = 0) -> OrderedDict[
     return out
 
 
+# How film train draws its starting weights when no --init is given (recorded in the run's param.json)
+INIT_DESCRIPTION = ("PyTorch's default initialisation of each official layer, drawn once in numpy "
+                    "(film.common.init.official_init_state_dict) from the run's seed, the same in every backend")
+
+
+def official_init_state_dict(cfg: FilmConfig = OFFICIAL, seed: int = 0) -> OrderedDict[str, np.ndarray]:
+    """The starting weights the official code gets from PyTorch's default initialisation, drawn in numpy.
+
+    Each parameter from the distribution its layer's ``reset_parameters`` uses (torch 2.x): convolutions (and
+    Conv1d) weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a = sqrt(5));
+    ``nn.MultiheadAttention`` in_proj_weight xavier_uniform U(+-sqrt(6 / (E + 3E))), in_proj_bias and
+    out_proj.bias 0, out_proj.weight as a Linear; the Restormer LayerNorm weight 1 and bias 0; PReLU 0.25;
+    the attention temperature 1. One generator over the schema's order, so torch and Jittor trainers given the
+    same seed start from the same numbers (each framework's own init would draw different ones).
+    """
+    rng = np.random.default_rng(seed)
+    schema = param_schema(cfg)
+    out: OrderedDict[str, np.ndarray] = OrderedDict()
+    for name, shape in schema.items():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "temperature" or (".norm" in name and leaf == "weight"):
+            arr = np.ones(shape)
+        elif ".prelu" in name:
+            arr = np.full(shape, 0.25)
+        elif (".norm" in name and leaf == "bias") or leaf == "in_proj_bias" or name.endswith("out_proj.bias"):
+            arr = np.zeros(shape)
+        elif leaf == "in_proj_weight":
+            bound = np.sqrt(6.0 / (shape[0] + shape[1]))
+            arr = rng.uniform(-bound, bound, shape)
+        else:  # convolution / linear weight, or the bias of one (fan_in of its weight)
+            w = shape if leaf == "weight" else schema[name[: -len("bias")] + "weight"]
+            bound = 1.0 / np.sqrt(int(np.prod(w[1:])))
+            arr = rng.uniform(-bound, bound, shape)
+        out[name] = np.ascontiguousarray(arr, dtype=np.float32)
+    return out
+
+
 # The token count of the VLF text features (two paragraphs, each with its own [CLS]/[SEP]): the length of the
 # seeded synthetic features used by demos, parity and benchmarks
 SYNTHETIC_TEXT_LEN = 149

@@ -304,7 +304,12 @@ class TrainerBase:
         here, before a run folder exists."""
         from film.common.checkpoint import load_checkpoint
 
-        init = load_checkpoint(cfg.init, self.model_cfg).state_dict if cfg.init else None
+        from film.common.init import official_init_state_dict
+
+        if cfg.init:
+            init = load_checkpoint(cfg.init, self.model_cfg).state_dict
+        else:  # the same numbers in every backend for the same seed (each framework's own init differs)
+            init = official_init_state_dict(self.model_cfg, seed=cfg.seed)
         self.build(cfg, init)
 
 
@@ -461,10 +466,13 @@ def train(cfg: TrainConfig, trainer) -> str:
             # one vocabulary: TrainConfig's field names, which are film train's flags and what --resume reads
             # back (the official param.json's epoch/optim_step/optim_gamma/gradweight are epochs/step_size/
             # gamma/grad_weight here; docs/training.md, "Run folder")
+            from film.common.init import INIT_DESCRIPTION
+
             params = {
                 **asdict(cfg),
                 "world_size": world,
                 "model_config": trainer.model_cfg.to_dict(),  # read back by load_fuser for model/ckpt_*
+                "init_drawn": f"from {cfg.init}" if cfg.init else f"{INIT_DESCRIPTION}, seed {cfg.seed}",
             }
             from film.common.atomic import atomic_write_bytes
 
