@@ -446,23 +446,42 @@ def add_export(sub) -> None:
 
 
 def cmd_export(args) -> int:
+    from film.common.atomic import check_output_file
     from film.export import CHECK_FACTOR, CHECK_FLOOR, OPSET, check, export
 
+    check_output_file(args.output)  # a refused location fails here, in one line, before the export
     t0 = time.time()
-    meta = export(args.checkpoint, args.output, args.opset)
-    size = os.path.getsize(args.output) / 2**20
-    print(f"{args.checkpoint} -> {args.output} ({size:.1f} MiB, opset {args.opset or OPSET}, dynamic N, H, W and L) "
-          f"in {time.time() - t0:.1f}s; " + ("seeded random weights" if args.checkpoint == "random" else
-                                            f"checkpoint sha256 {meta['film_checkpoint_sha256'][:16]}..."))
-    if not args.check:
-        return 0
-    ok, rows = check(args.output, args.checkpoint)
-    for name, d_onnx, d_torch, d_ot in rows:
-        print(f"  {name}: max |onnxruntime - float64| {d_onnx:.2e}   torch float32 - float64 {d_torch:.2e}   "
-              f"onnxruntime - torch {d_ot:.2e}")
-    print(f"check: {'OK' if ok else 'FAIL'}: onnxruntime within {CHECK_FACTOR:g} x max(torch float32 error, "
-          f"{CHECK_FLOOR:g}) of the float64 network on every sample")
-    return 0 if ok else 1
+    # with --check the model is written under a temporary name and kept only when the check passes
+    target = os.path.join(os.path.dirname(os.path.abspath(args.output)),
+                          f".film-check-{os.getpid()}-{os.path.basename(args.output)}") if args.check else args.output
+    print("film export: tracing the network for every image size (a minute or two on 2 cores)...", file=sys.stderr,
+          flush=True)
+    try:
+        meta = export(args.checkpoint, target, args.opset)
+        size = os.path.getsize(target) / 2**20
+        print(f"{args.checkpoint} -> {args.output} ({size:.1f} MiB, opset {args.opset or OPSET}, dynamic N, H, W and "
+              f"L) in {time.time() - t0:.1f}s; " + ("seeded random weights" if args.checkpoint == "random" else
+                                                   f"checkpoint sha256 {meta['film_checkpoint_sha256'][:16]}..."))
+        if not args.check:
+            return 0
+        print("film export --check: each shipped sample in onnxruntime, torch float32 and float64 (about a minute "
+              "or two a pair on 2 cores)", file=sys.stderr, flush=True)
+
+        def show(row):
+            name, d_onnx, d_torch, d_ot = row
+            print(f"  {name}: max |onnxruntime - float64| {d_onnx:.2e}   torch float32 - float64 {d_torch:.2e}   "
+                  f"onnxruntime - torch {d_ot:.2e}", flush=True)
+
+        ok, _ = check(target, args.checkpoint, on_row=show)
+        print(f"check: {'OK' if ok else 'FAIL'}: onnxruntime within {CHECK_FACTOR:g} x max(torch float32 error, "
+              f"{CHECK_FLOOR:g}) of the float64 network on every sample"
+              + ("" if ok else f"; {args.output} not written"))
+        if ok:
+            os.replace(target, args.output)
+        return 0 if ok else 1
+    finally:
+        if target != args.output and os.path.exists(target):
+            os.unlink(target)
 
 
 def add_curves(sub) -> None:

@@ -131,8 +131,8 @@ def read_metadata(path: str) -> dict:
     return {p.key: p.value for p in m.metadata_props}
 
 
-def check(model_path: str, checkpoint: str,
-          limit: int | None = None) -> tuple[bool, list[tuple[str, float, float, float]]]:
+def check(model_path: str, checkpoint: str, limit: int | None = None,
+          on_row=None) -> tuple[bool, list[tuple[str, float, float, float]]]:
     """The exported model (onnxruntime) on the shipped samples at their own sizes, with seeded synthetic text,
     against the float64 network of the same weights (the torch modules in double precision): per pair
     (name, |onnxruntime - float64|, |torch float32 - float64|, |onnxruntime - torch float32|), and whether every pair is within float32
@@ -157,5 +157,7 @@ def check(model_path: str, checkpoint: str,
         y_onnx, y_torch = (f.fuse(it.a, it.b, it.text) for f in (onnx_fuser, torch_fuser))
         rows.append((f"{it.name} ({it.a.shape[1]}x{it.a.shape[0]})", float(np.abs(y_onnx - f64).max()),
                      float(np.abs(y_torch - f64).max()), float(np.abs(y_onnx - y_torch).max())))
+        if on_row is not None:  # each pair takes a minute or more on 2 cores: say so as they come
+            on_row(rows[-1])
     ok = all(d_onnx <= CHECK_FACTOR * max(d_torch, CHECK_FLOOR) for _, d_onnx, d_torch, _ in rows)
     return ok, rows

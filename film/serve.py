@@ -124,12 +124,13 @@ class FuseService:
 
     # ----------------------------------------------------------------------------------------- text
 
-    def features(self, para_a: str, para_b: str) -> tuple[np.ndarray, str | None]:
-        """(1, L, 768) text features of the two paragraphs, and a note when they are synthetic."""
-        from film.common.init import SYNTHETIC_TEXT_LEN, random_text
+    def features(self, para_a: str, para_b: str, name: str = "") -> tuple[np.ndarray, str | None]:
+        """(1, L, 768) text features of the two paragraphs, and a note when they are synthetic (then seeded by the
+        pair's ``name``, as film fuse --random-text seeds them: the same image as the command line's)."""
+        from film.common.init import random_text_for
 
         if self.encoder is None:
-            return random_text(SYNTHETIC_TEXT_LEN, self.cfg.text_dim, seed=0)[None], SYNTHETIC_NOTE
+            return random_text_for(name, self.cfg.text_dim)[None], SYNTHETIC_NOTE
         from film.text import encode_text
 
         with self.text_lock:
@@ -191,7 +192,7 @@ class FuseService:
             xa, xb = load_pair(pair)
         except FilmError as e:  # its reason, naming the upload (A/x.png) rather than this server's folders
             raise FilmError(str(e).replace(os.path.join(folder, "in") + os.sep, "")) from None
-        text, note = self.features(para_a, para_b)
+        text, note = self.features(para_a, para_b, name)
         outs = {}
         for b, fuser in self.fusers.items():
             with self.locks[b]:  # one forward at a time per backend (the memory check runs inside fuse)

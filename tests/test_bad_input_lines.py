@@ -46,3 +46,23 @@ def test_text_file_named_npy_says_not_an_npy_array(tmp_path, samples, capfd):
     err = capfd.readouterr().err
     lines = [ln for ln in err.strip().splitlines() if "seeded random weights" not in ln]  # the weights' notice
     assert code == 2 and len(lines) == 1 and "not a .npy array" in lines[0] and "pickle" not in err, err
+
+
+def test_random_text_follows_the_pair_not_the_folder_listing(tmp_path, samples, capfd):
+    """The same pair fused from the whole tree and from its own dataset folder gets the same synthetic text,
+    so the same image (with index seeds the second dataset's pair took another pair's seed)."""
+    import cv2
+
+    root = tmp_path / "tree"
+    for ds, name, (y, x) in (("A_set", "first", (40, 60)), ("B_set", "second", (100, 30))):
+        for side, sub in (("ir", "ir"), ("vi", "vi")):
+            img = cv2.imread(os.path.join(samples, "IVF", "TNO", sub, "07.png"), cv2.IMREAD_GRAYSCALE)
+            os.makedirs(root / ds / side, exist_ok=True)
+            cv2.imwrite(str(root / ds / side / f"{name}.png"), img[y : y + 40, x : x + 48])
+    for src, out in ((root, "all"), (root / "B_set", "one")):
+        assert main(["fuse", "--checkpoint", "random", "--random-text", "--pairs", str(src), "--device", "cpu",
+                     "-o", str(tmp_path / out)]) == 0
+    capfd.readouterr()
+    whole = cv2.imread(str(tmp_path / "all" / "Gray" / "B_set" / "second.png"), cv2.IMREAD_UNCHANGED)
+    alone = cv2.imread(str(tmp_path / "one" / "Gray" / "second.png"), cv2.IMREAD_UNCHANGED)
+    assert whole is not None and alone is not None and np.array_equal(whole, alone)

@@ -164,3 +164,35 @@ def test_export_official_network_check_and_golden(capsys, tmp_path):
                                          "text": t[None].astype(np.float32)})
         d = float(np.abs(out[0, 0].astype(np.float64) - golden[f"{name}/output_float64"]).max())
         assert d <= 1e-5, f"{name}: onnxruntime {d:.2e} from the official network in float64"
+
+
+def test_failed_check_leaves_no_model(capsys, tmp_path, monkeypatch):
+    """film export --check: the model is written under a temporary name and kept only when the check passes; a
+    failed check exits 1, says the file was not written, and leaves nothing (an earlier file stays as it was)."""
+    import film.export as ex
+
+    def fake_export(checkpoint, output, opset=None):
+        with open(output, "wb") as f:
+            f.write(b"onnx bytes")
+        return {"film_checkpoint_sha256": "0" * 64}
+
+    calls = []
+
+    def fake_check(path, checkpoint, limit=None, on_row=None):
+        calls.append(os.path.basename(path))
+        assert open(path, "rb").read() == b"onnx bytes"  # the check runs on the temporary file
+        on_row(("p (4x4)", 1.0, 1e-6, 1.0))
+        return False, [("p (4x4)", 1.0, 1e-6, 1.0)]
+
+    monkeypatch.setattr(ex, "export", fake_export)
+    monkeypatch.setattr(ex, "check", fake_check)
+    out = tmp_path / "m.onnx"
+    code, text = run(capsys, "export", "random", "-o", out, "--check")
+    assert code == 1 and "not written" in text and not out.exists() and calls and calls[0] != "m.onnx"
+    assert os.listdir(tmp_path) == []  # no temporary file left either
+    out.write_bytes(b"earlier")
+    code, _ = run(capsys, "export", "random", "-o", out, "--check")
+    assert code == 1 and out.read_bytes() == b"earlier"
+    monkeypatch.setattr(ex, "check", lambda path, ck, limit=None, on_row=None: (True, []))
+    code, _ = run(capsys, "export", "random", "-o", out, "--check")
+    assert code == 0 and out.read_bytes() == b"onnx bytes" and os.listdir(tmp_path) == ["m.onnx"]

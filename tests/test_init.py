@@ -38,8 +38,9 @@ def test_draws_follow_torchs_default_initialisation(tb):
             assert got.std() == pytest.approx(pooled.std(), rel=0.08), k
 
 
-def test_same_seed_same_weights_and_step0_loss_in_both_frameworks(tb, jb):
-    """Trainer.setup with no --init: the same parameters in torch and Jittor, and the same first loss."""
+def test_same_seed_same_weights_and_step0_loss_in_both_frameworks(tb, jb, capsys):
+    """Trainer.setup with no --init: the same parameters in torch and Jittor, and the same first loss. (And the
+    Jittor trainer says, before its first step, that Jittor may compile for minutes: no silent stretch.)"""
     from film.backends.jittor.train import Trainer as JT
     from film.backends.torch.train import Trainer as TT
 
@@ -48,6 +49,7 @@ def test_same_seed_same_weights_and_step0_loss_in_both_frameworks(tb, jb):
     t, j = TT("cpu", TINY), JT("cpu", TINY)
     t.setup(cfg)
     j.setup(cfg)
+    assert "Jittor compiles the training step's operators" in capsys.readouterr().err
     pt, pj = t.params_numpy(), j.params_numpy()
     assert set(pt) == set(pj) and all(np.array_equal(pt[k], pj[k]) for k in pt)
     rng = np.random.default_rng(0)

@@ -205,7 +205,7 @@ def test_both_backends_show_live_parity(pair, tb, jb):
     called directly through film.load_fuser."""
     from film.api import load_fuser
     from film.common.images import Pair, load_pair
-    from film.common.init import SYNTHETIC_TEXT_LEN, random_text
+    from film.common.init import random_text_for
     from film.serve import FuseService
 
     svc = FuseService("random", "both", "none", device="cpu")
@@ -217,7 +217,7 @@ def test_both_backends_show_live_parity(pair, tb, jb):
     finally:
         svc.close()
     xa, xb = load_pair(Pair("p1", str(pair / "ir" / "p1.png"), str(pair / "vi" / "p1.png")))
-    t = random_text(SYNTHETIC_TEXT_LEN, 768, seed=0)
+    t = random_text_for("p1", 768)  # the page seeds synthetic text by the pair's name, as film fuse --random-text
     ft, fj = (load_fuser("random", backend=b, device="cpu").fuse(xa, xb, t) for b in ("torch", "jittor"))
     assert r.parity["max_abs"] == pytest.approx(float(np.abs(ft - fj).max()), rel=1e-6, abs=1e-9)
     assert r.parity["max_abs"] < 1e-4 and r.parity["pixels"] == 48 * 64

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 
 import numpy as np
@@ -83,3 +84,15 @@ def random_text(length: int = SYNTHETIC_TEXT_LEN, dim: int = 768, seed: int = 0,
     shape = (length, dim) if batch is None else (batch, length, dim)
     # BLIP-2 features are roughly unit-scale; the exact distribution does not matter for parity.
     return rng.standard_normal(shape).astype(np.float32)
+
+
+def text_seed(name: str, seed0: int = 0) -> int:
+    """The seed of a pair's synthetic text features: a stable hash of the pair's own name (its file stem, e.g.
+    "31" for MRI_CT/31.png) and ``seed0``, so the same pair gets the same features whichever folder it is fused
+    from and whichever other pairs are beside it (until 2026-12-03 it was seed0 + the pair's index in the listing)."""
+    return int.from_bytes(hashlib.sha256(f"{seed0}:{name}".encode()).digest()[:4], "little")
+
+
+def random_text_for(name: str, dim: int = 768, seed0: int = 0) -> np.ndarray:
+    """The seeded synthetic (SYNTHETIC_TEXT_LEN, dim) text features of the pair called ``name`` (``text_seed``)."""
+    return random_text(SYNTHETIC_TEXT_LEN, dim, seed=text_seed(name, seed0))

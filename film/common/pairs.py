@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from film.common.images import Pair, find_ab_folders, find_datasets, load_pair, match_pairs
-from film.common.init import SYNTHETIC_TEXT_LEN, random_text
+from film.common.init import random_text_for
 from film.common.textfeat import load_text
 from film.errors import FilmError
 
@@ -61,15 +61,16 @@ def collect_pairs(*, a: str | None = None, b: str | None = None, pairs: str | No
                   text: str | None = None, random_text_seed0: int | None = None, text_dim: int = 768,
                   limit: int | None = None) -> list[Item]:
     """Every pair (read as the official GRAY / 255) with its text features: from ``text`` by the rule above, or,
-    with ``random_text_seed0`` set, seeded synthetic features (seed = seed0 + the pair's index); else an error.
+    with ``random_text_seed0`` set, seeded synthetic features (``film.common.init.text_seed``: from the pair's name
+    and seed0, the same whichever folder is given); else an error.
     Every problem is found here, before anything is written."""
     items: list[Item] = []
     for rel, da, db in pair_groups(a, b, pairs):
         for p in match_pairs(da, db):
             if text:
                 t = load_text(text_path(text, rel, p.name), text_dim)
-            elif random_text_seed0 is not None:
-                t = random_text(SYNTHETIC_TEXT_LEN, text_dim, seed=random_text_seed0 + len(items))
+            elif random_text_seed0 is not None:  # seeded by the pair's own name, not its place in the listing
+                t = random_text_for(p.name, text_dim, seed0=random_text_seed0)
             else:
                 raise FilmError(f"{p.name}: no text features: pass --text DIR (<name>.npy files), or --random-text "
                                 "for a demo")

@@ -303,7 +303,6 @@ class TrainerBase:
         """Model and optimizer from ``cfg.init`` (any checkpoint format) or random, seeded; a bad --init fails
         here, before a run folder exists."""
         from film.common.checkpoint import load_checkpoint
-
         from film.common.init import official_init_state_dict
 
         if cfg.init:

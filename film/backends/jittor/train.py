@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 
 import numpy as np
 
@@ -103,6 +104,8 @@ class Trainer(TrainerBase):
         set_fast(self.model, getattr(cfg, "fast", None))
         set_recompute(self.model, resolve_recompute(getattr(cfg, "recompute", "auto"), self.device))
         self.hold_heap(cfg, self.device == "cpu")
+        if self.world == 1:  # (several processes: precompile_training says it, once)
+            print(COMPILE_NOTE, file=sys.stderr, flush=True)
         if self.world > 1:
             # every operator of a training step compiled by one process before the ranks compile at once
             if self.rank == 0:
@@ -217,6 +220,9 @@ class Trainer(TrainerBase):
 
 
 PRECOMPILED = "FILM_JITTOR_PRECOMPILED"  # set for the ranks by film train --nproc, which precompiles first
+# said before the first training step: Jittor compiles each operator it has not met on this machine, silently
+COMPILE_NOTE = ("film train: Jittor compiles the training step's operators it has not compiled on this machine "
+                "before (the first run: several minutes, cached afterwards)")
 
 
 def precompile_training(model_cfg, cfg, device: str) -> None:
@@ -229,10 +235,10 @@ def precompile_training(model_cfg, cfg, device: str) -> None:
     import json
     import os
     import subprocess
-    import sys
 
     if os.environ.get(PRECOMPILED) == "1":
         return
+    print(COMPILE_NOTE, file=sys.stderr, flush=True)
     spec = json.dumps({"model": model_cfg.to_dict(), "device": device,
                        "step": {k: getattr(cfg, k, None) for k in ("recompute", "fast", "ssim_weight", "grad_weight")}})
     code = f"from film.backends.jittor.train import _precompile_child; _precompile_child({spec!r})"
