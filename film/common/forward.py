@@ -31,7 +31,8 @@ def mdta(m, ops, x):
     ``ops.attend_project`` compute those two products in the backend's memory order (see each ops module).
     """
     c = ops.image_dims(x)[1]
-    qk, v = ops.conv_split(x, m.qkv, m.qkv_dwconv, (2 * c, c))  # official: qkv_dwconv(qkv(x)), then chunks
+    # official: qkv_dwconv(qkv(x)), then chunks; q|k is summed over H*W next (ops.qk_cosine)
+    qk, v = ops.conv_split(x, m.qkv, m.qkv_dwconv, (2 * c, c), first_as_rows=True)
     attn = ops.softmax(ops.qk_cosine(qk, m.num_heads, m.eps) * m.temperature)
     return ops.attend_project(attn, v, m.project_out)
 

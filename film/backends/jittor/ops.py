@@ -54,11 +54,13 @@ def image_dims(x: jt.Var) -> tuple[int, int, int, int]:
     return b, c, h, w
 
 
-def conv_split(x: jt.Var, pointwise, depthwise, sizes: tuple[int, ...]) -> tuple[jt.Var, ...]:
+def conv_split(x: jt.Var, pointwise, depthwise, sizes: tuple[int, ...],
+               first_as_rows: bool = False) -> tuple[jt.Var, ...]:
     """``depthwise(pointwise(x))`` cut into channel groups of ``sizes`` (the MDTA's qk | v, the GDFN's halves).
     NHWC: slicing the innermost axis is a copy in Jittor, so each group is made by its own pair of
     convolutions over the matching output channels (a depth-wise convolution never mixes channels): the
-    same numbers and work, no copies."""
+    same numbers and work, no copies. ``first_as_rows`` (torch's NCHW q|k rows) is not needed here: this
+    backend's ``qk_cosine`` reads the NHWC pixel rows directly."""
     if not is_nhwc():
         y = depthwise(pointwise(x))
         out, start = [], 0

@@ -193,25 +193,50 @@ def image_dims(x: torch.Tensor) -> tuple[int, int, int, int]:
 
 
 def conv_split(
-    x: torch.Tensor, pointwise: torch.nn.Conv2d, depthwise: torch.nn.Conv2d, sizes: tuple[int, ...]
+    x: torch.Tensor, pointwise: torch.nn.Conv2d, depthwise: torch.nn.Conv2d, sizes: tuple[int, ...],
+    first_as_rows: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """``depthwise(pointwise(x))`` cut into channel groups of ``sizes`` (the MDTA's qk | v, the GDFN's halves).
 
     NCHW: the official order, then views. channels_last: a channel slice of an NHWC map is strided (GELU and
     products run ~1.6x slower on it, sgemm needs a copy), so each group is made by its own pair of
     convolutions over the matching output channels (pointwise's rows, depthwise's channels: a depth-wise
-    convolution never mixes channels): the same numbers and work, every group contiguous."""
+    convolution never mixes channels): the same numbers and work, every group contiguous.
+    ``first_as_rows``: the first group is wanted as contiguous NCHW rows (the MDTA's q|k, whose norms and
+    products ``qk_cosine`` sums over H*W in the official order): its 1x1 convolution is one sgemm that reads the
+    NHWC pixel rows and writes NCHW (W times their transpose), then the depth-wise 3x3 runs in NCHW. Transposing
+    the NHWC result instead cost ~57 ms per block at 286x517, over half of the q|k work."""
     if not _is_nhwc(x):
         return tuple(depthwise(pointwise(x)).split(list(sizes), 1))
     out, start = [], 0
-    for n in sizes:
+    for i, n in enumerate(sizes):
         def part(p, a=start, z=start + n):
             return None if p is None else p[a:z]
 
-        y = F.conv2d(x, part(pointwise.weight), part(pointwise.bias))
-        out.append(F.conv2d(y, part(depthwise.weight), part(depthwise.bias), padding=depthwise.padding, groups=n))
+        if i == 0 and first_as_rows:
+            y = _pointwise_to_nchw(x, part(pointwise.weight), part(pointwise.bias))
+            # the weight in plain NCHW strides too: a (n, 1, 3, 3) channels_last weight passes .contiguous()
+            # unchanged and would send the convolution (and a copy of y) back to channels_last
+            dw = part(depthwise.weight).clone(memory_format=torch.contiguous_format)
+            out.append(F.conv2d(y, dw, part(depthwise.bias), padding=depthwise.padding, groups=n))
+        else:
+            y = F.conv2d(x, part(pointwise.weight), part(pointwise.bias))
+            out.append(F.conv2d(y, part(depthwise.weight), part(depthwise.bias), padding=depthwise.padding,
+                                groups=n))
         start += n
     return tuple(out)
+
+
+def _pointwise_to_nchw(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A 1x1 convolution of an NHWC map, written as a contiguous NCHW map: (C_out x C) times the pixel rows'
+    transpose, one (batched) sgemm, no layout copy."""
+    b, c, h, w = x.shape
+    rows = x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view of the NHWC map
+    # bmm reads the transposed rows in place (torch.matmul would compute rows @ W^T and copy its transpose)
+    y = torch.bmm(weight.reshape(1, weight.shape[0], c).expand(b, -1, -1), rows.transpose(1, 2))
+    if bias is not None:
+        y = y + bias[:, None]
+    return y.reshape(b, -1, h, w)
 
 
 def cat_channels(xs: list[torch.Tensor]) -> torch.Tensor:
