@@ -194,6 +194,11 @@ def _fuse(args: FuseOptions) -> int:
         raise FilmError("--batch-size must be at least 1")
     if args.text and args.random_text:
         raise FilmError("--text and --random-text exclude each other")
+    # inputs that are not there are named before the network loads (seconds to minutes), not after
+    for flag, path, is_file in (("--a", args.a, False), ("--b", args.b, False), ("--pairs", args.pairs, False),
+                                ("--text", args.text, False), ("--h5", args.h5, True)):
+        if path is not None and not (os.path.isfile(path) if is_file else os.path.isdir(path)):
+            raise FilmError(f"{flag} {path}: no such {'H5 file' if is_file else 'folder'}")
     fuser = load_fuser(
         args.checkpoint,
         backend=args.backend,

@@ -66,3 +66,17 @@ def test_random_text_follows_the_pair_not_the_folder_listing(tmp_path, samples, 
     whole = cv2.imread(str(tmp_path / "all" / "Gray" / "B_set" / "second.png"), cv2.IMREAD_UNCHANGED)
     alone = cv2.imread(str(tmp_path / "one" / "Gray" / "second.png"), cv2.IMREAD_UNCHANGED)
     assert whole is not None and alone is not None and np.array_equal(whole, alone)
+
+
+def test_missing_input_folder_named_before_the_model_loads(tmp_path, capfd, monkeypatch):
+    """The folder is checked first: loading the network (seconds to minutes) never happens."""
+    import film.api
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(film.api, "load_fuser", no_load)
+    code = main(["fuse", "--checkpoint", "demo", "--random-text", "--pairs", str(tmp_path / "nowhere"),
+                 "-o", str(tmp_path / "out")])
+    err = capfd.readouterr().err
+    assert code == 2 and "--pairs" in err and "no such folder" in err and len(err.strip().splitlines()) == 1, err

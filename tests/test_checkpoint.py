@@ -256,3 +256,18 @@ def test_written_files_get_the_usual_permissions(tmp_path, sd):
         assert stat.S_IMODE(os.stat(tmp_path / "n.json").st_mode) == 0o600
     finally:
         os.umask(old)
+
+
+def test_foreign_state_dict_is_one_line(tmp_path):
+    """A Linear layer's state dict given as a checkpoint: one line saying how many tensors are missing, naming
+    three of them, and what was found instead (it printed 17 more lines of names before)."""
+    from safetensors.numpy import save_file
+
+    p = tmp_path / "linear.safetensors"
+    save_file({"weight": np.zeros((4, 3), np.float32), "bias": np.zeros(4, np.float32)}, str(p))
+    with pytest.raises(FilmError) as e:
+        load_checkpoint(p)
+    msg = str(e.value)
+    assert "\n" not in msg and "none of the 189 expected tensors found" in msg, msg
+    assert "missing (189): text_process.conv.weight, text_process.conv.bias, " in msg and "and 186 more" in msg
+    assert "unexpected (2): bias, weight" in msg  # as the file lists them

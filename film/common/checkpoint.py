@@ -26,6 +26,7 @@ from film.errors import FilmError
 
 FORMATS = {".pth": "pth", ".pt": "pth", ".bin": "pth", ".pkl": "pkl", ".safetensors": "safetensors"}
 _MAX_LISTED = 12
+_NAMED = 3  # tensors named per kind in a schema error (the rest counted): the message stays one line
 
 
 @dataclass
@@ -178,9 +179,9 @@ def validate(sd: dict, cfg: FilmConfig = OFFICIAL, path: str = "checkpoint") -> 
     if not (missing or unexpected or wrong or dtype or nonfinite):
         return
 
-    def block(title, items):
-        more = f"\n    ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
-        return f"\n  {title} ({len(items)}):\n    " + "\n    ".join(items[:_MAX_LISTED]) + more
+    def block(title, items):  # one line in all: how many, and the first few by name
+        more = f" and {len(items) - _NAMED} more" if len(items) > _NAMED else ""
+        return f"{title} ({len(items)}): " + ", ".join(items[:_NAMED]) + more
 
     found = len(schema) - len(missing)
     head = (
@@ -188,17 +189,14 @@ def validate(sd: dict, cfg: FilmConfig = OFFICIAL, path: str = "checkpoint") -> 
     )
     if found == 0:
         head = f"{path}: not a FILM checkpoint (none of the {len(schema)} expected tensors found)"
-    msg = head
-    for title, items in (
+    parts = [block(title, items) for title, items in (
         ("missing", missing),
         ("unexpected", unexpected),
         ("wrong shape", wrong),
         ("not floating point", dtype),
         ("NaN or inf values", nonfinite),
-    ):
-        if items:
-            msg += block(title, items)
-    raise FilmError(msg)
+    ) if items]
+    raise FilmError(f"{head}: " + "; ".join(parts))
 
 
 def canonical_state_dict(state_dict: dict, cfg: FilmConfig, where: str = "state dict", to_numpy=np.asarray):

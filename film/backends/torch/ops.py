@@ -130,8 +130,8 @@ def qk_cosine(qk: torch.Tensor, heads: int, eps: float) -> torch.Tensor:
     """The MDTA's per-head cosine similarities ``normalize(q) @ normalize(k)^T`` over H*W (F.normalize:
     x / max(||x||, eps)): qk = q | k channels (B, 2C, H, W) -> (B, heads, C/heads, C/heads).
 
-    Always the official order on contiguous (B, heads, d, H*W) rows; in channels_last that costs one copy
-    of q|k (~10 % of the fast forward). Kept on purpose: these two float32 reductions over ~10^5 terms
+    Always the official order on contiguous (B, heads, d, H*W) rows; in channels_last ``conv_split`` makes q|k
+    as such rows directly (``first_as_rows``), so there is nothing to copy here. Kept on purpose: these two float32 reductions over ~10^5 terms
     are where the official output's rounding comes from (up to 1.1e-4 from float64 on flat real pairs,
     docs/parity.md), and the torch backend is meant to give the official numbers to ~1e-5, not better
     ones. Measured alternatives: on strided views the sums are ~10x less accurate (3.2e-4 off); one sgemm
