@@ -36,15 +36,18 @@ def read_run(path: str, label: str | None = None) -> Run:
     """The per-step losses of a run folder (or of a losses.jsonl / log.txt given directly)."""
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     if label is None:
-        label = os.path.basename(os.path.normpath(folder))
+        name = os.path.basename(os.path.normpath(folder))
+        # film train's folders are named by start time and recipe (26_12_03_09_41_epochs_1_lr_...): the legend
+        # says the backend and the start time; other folders keep their name, shortened
+        stamp = re.match(r"(\d\d)_(\d\d)_(\d\d)_(\d\d)_(\d\d)_epochs_", name)
+        label = (f"run of 20{stamp[1]}-{stamp[2]}-{stamp[3]} {stamp[4]}:{stamp[5]}" if stamp else
+                 name if len(name) <= 30 else name[:14] + "..." + name[-13:])
         try:
             with open(os.path.join(folder, "param.json")) as f:
                 params = json.load(f)
-            label = f"{params.get('backend', '?')}: {label}" if isinstance(params, dict) else label
+            label = f"{params.get('backend', '?')}, {label}" if isinstance(params, dict) else label
         except (OSError, ValueError):
             pass
-        if len(label) > 36:  # run folders are named by date and recipe: keep the legend from squeezing the plots
-            label = label[:17] + "..." + label[-16:]
     jsonl = path if path.endswith(".jsonl") else os.path.join(folder, "losses.jsonl")
     log = path if path.endswith(".txt") else os.path.join(folder, "log.txt")
     rows: list[dict] = []

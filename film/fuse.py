@@ -215,9 +215,6 @@ def _fuse(args: FuseOptions) -> int:
         raise FilmError("no image pairs to fuse")
     from film.api import check_memory
 
-    largest = max(items, key=lambda it: it.a.size)  # refuse before any output folder is made
-    check_memory(fuser.impl, 1, *largest.a.shape[-2:], str(fuser.device))
-    _prepare_dirs(args, items)
     # Batch same-size pairs with the same text length; keep the input order for output.
     groups: dict[tuple, list[Item]] = {}
     for it in items:
@@ -226,8 +223,13 @@ def _fuse(args: FuseOptions) -> int:
     for group in groups.values():
         for i in range(0, len(group), args.batch_size):
             batches.append(group[i : i + args.batch_size])
+    # whole or nothing: the largest forward (batch x pixels) is checked before any output folder is made
+    biggest = max(batches, key=lambda bt: len(bt) * bt[0].a.size)
+    check_memory(fuser.impl, len(biggest), *biggest[0].a.shape[-2:], str(fuser.device))
+    _prepare_dirs(args, items)
     from tqdm import tqdm
 
+    done = 0
     with tqdm(
         total=len(items), desc=f"fuse [{args.backend}]", unit="pair", file=sys.stderr, disable=None
     ) as bar:
@@ -235,8 +237,20 @@ def _fuse(args: FuseOptions) -> int:
             a = np.stack([it.a for it in batch])
             b = np.stack([it.b for it in batch])
             t = np.stack([it.text for it in batch])
-            fused = fuser.fuse(a, b, t)
+            try:
+                fused = fuser.fuse(a, b, t)
+            except FilmError as e:  # memory taken by another program since the check: say what was written
+                left = [it.name for it in items if it.name not in _written(batches, done)]
+                raise FilmError(f"{e} -- stopped after writing {done} of {len(items)} pairs under {args.output}; "
+                                f"not written: {', '.join(left[:5])}{' ...' if len(left) > 5 else ''}") from None
             for it, f in zip(batch, fused):
                 save_outputs(args, it, f)
+            done += len(batch)
             bar.update(len(batch))
     return len(items)
+
+
+def _written(batches: list[list[Item]], done: int) -> set[str]:
+    """Names of the first ``done`` pairs written, in batch order."""
+    names = [it.name for batch in batches for it in batch]
+    return set(names[:done])

@@ -80,3 +80,52 @@ def test_missing_input_folder_named_before_the_model_loads(tmp_path, capfd, monk
                  "-o", str(tmp_path / "out")])
     err = capfd.readouterr().err
     assert code == 2 and "--pairs" in err and "no such folder" in err and len(err.strip().splitlines()) == 1, err
+
+
+def _two_pairs(tmp_path, samples):
+    import cv2
+
+    for side in ("ir", "vi"):
+        img = cv2.imread(os.path.join(samples, "IVF", "TNO", side, "07.png"), cv2.IMREAD_GRAYSCALE)
+        os.makedirs(tmp_path / "two" / side, exist_ok=True)
+        for i in range(2):
+            cv2.imwrite(str(tmp_path / "two" / side / f"p{i}.png"), img[40 * i : 40 * i + 40, :48])
+    return tmp_path / "two"
+
+
+def test_memory_refusal_is_whole_or_nothing(tmp_path, samples, capfd, monkeypatch):
+    """Enough memory for one pair but not for a batch of two: refused before any output folder exists (the
+    check used to be made for one pair only)."""
+    import film.api
+    from film.backends.registry import get_backend
+
+    monkeypatch.delenv("FILM_SKIP_MEMORY_CHECK", raising=False)
+    fixed, per_px = get_backend("torch", "cpu").inference_memory()
+    monkeypatch.setattr(film.api, "available_memory", lambda: fixed + per_px * 40 * 48 * 3 // 2)
+    src = _two_pairs(tmp_path, samples)
+    code = main(["fuse", "--checkpoint", "random", "--random-text", "--pairs", str(src), "--batch-size", "2",
+                 "--device", "cpu", "-o", str(tmp_path / "out")])
+    err = capfd.readouterr().err
+    assert code == 2 and "fusing 2x40x48" in err and not (tmp_path / "out").exists(), err
+
+
+def test_memory_gone_mid_run_ends_with_a_summary(tmp_path, samples, capfd, monkeypatch):
+    """Memory taken by another program after the check: the run stops with one line saying what was written."""
+    import film.api
+
+    monkeypatch.delenv("FILM_SKIP_MEMORY_CHECK", raising=False)
+    calls = []
+
+    def shrinking():
+        calls.append(1)
+        return 2**40 if len(calls) <= 2 else 1  # the up-front check and the first pair's; then nothing
+
+    monkeypatch.setattr(film.api, "available_memory", shrinking)
+    src = _two_pairs(tmp_path, samples)
+    code = main(["fuse", "--checkpoint", "random", "--random-text", "--pairs", str(src), "--device", "cpu",
+                 "-o", str(tmp_path / "out")])
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if "error" in ln]
+    assert code == 2 and len(lines) == 1 and "stopped after writing 1 of 2 pairs" in lines[0], err
+    assert "not written: p1" in lines[0]
+    assert sorted(os.listdir(tmp_path / "out" / "Gray")) == ["p0.png"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 
 import cv2
@@ -103,7 +104,7 @@ def test_curves_hand_made_runs(capsys, tmp_path):
     assert code == 0, text
     assert "first differs by more than 0.001 relative at step 3" in text
     assert "within 0.001 relative at every one of 5 steps" in text
-    assert "final loss 0.5," in text and "jittor: b" in text
+    assert "final loss 0.5," in text and "jittor, b" in text
     img = cv2.imread(str(tmp_path / "c.png"))
     assert img is not None and img.shape[0] > 400 and img.shape[1] > 600
     code, text = run(capsys, "curves", tmp_path / "missing")
@@ -127,6 +128,9 @@ def test_curves_of_two_tiny_training_runs(capsys, tmp_path, tb, jb):
     code, text = run(capsys, "curves", _runs(tmp_path / "torch")[0], _runs(tmp_path / "jittor")[0], "-o",
                      tmp_path / "c.png")
     assert code == 0, text
+    # the legend: backend and start time, not the recipe-long folder name cut in the middle
+    assert re.search(r"torch, run of 20\d\d-\d\d-\d\d \d\d:\d\d", text), text
+    assert re.search(r"jittor, run of 20\d\d-\d\d-\d\d \d\d:\d\d", text), text
     lt, lj = ([r["loss"] for r in _losses(tmp_path / be)] for be in ("torch", "jittor"))
     assert len(lt) == len(lj) == 8
     assert f"final loss {lt[-1]:.6g}" in text and f"final loss {lj[-1]:.6g}" in text
@@ -162,6 +166,9 @@ def test_recipe_first_steps_match_across_frameworks(capsys, tmp_path, tb, jb):
         code, text = run(capsys, "train", "--backend", be, "--h5", tmp_path / "d.h5", *demo_weights.RECIPE_FLAGS,
                          "--max-steps", "3", "--device", "cpu", "--out", tmp_path / be)
         assert code == 0, text
+    # the legend: backend and start time, not the recipe-long folder name cut in the middle
+    assert re.search(r"torch, run of 20\d\d-\d\d-\d\d \d\d:\d\d", text), text
+    assert re.search(r"jittor, run of 20\d\d-\d\d-\d\d \d\d:\d\d", text), text
     lt, lj = ([r["loss"] for r in _losses(tmp_path / be)] for be in ("torch", "jittor"))
     assert len(lt) == len(lj) == 3
     rel = np.abs(np.array(lj) - np.array(lt)) / np.abs(np.array(lt))
