@@ -521,6 +521,12 @@ def add_prepare(sub) -> None:
     r.add_argument("--b", help="folder of B images (own data mode)")
     r.add_argument("--text", help="folder of <name>.npy text features (own data mode)")
     r.add_argument("--name", help="output name in own-data mode (default: folder name of --a's parent)")
+    r.add_argument("--random-text", action="store_true",
+                   help="own-data mode without text features: seeded synthetic ones per pair (as film fuse "
+                   "--random-text; for trying the training pipeline only)")
+    r.add_argument("--patch", type=int, metavar="SIZE",
+                   help="cut each pair into non-overlapping SIZE x SIZE tiles (<name>_000, ...; each with the "
+                   "pair's text): smaller, more samples for training on a CPU")
     r.add_argument("-o", "--output", required=True, help="output folder for <dataset>_<split>.h5")
     r.set_defaults(func=cmd_prepare)
 
@@ -529,7 +535,8 @@ def cmd_prepare(args) -> int:
     from film.prepare import prepare_h5
 
     n, out = prepare_h5(args.output, vlf=args.vlf, task=args.task, dataset=args.dataset, split=args.split,
-                        small=args.small, a=args.a, b=args.b, text=args.text, name=args.name)
+                        small=args.small, a=args.a, b=args.b, text=args.text, name=args.name,
+                        random_text=args.random_text, patch=args.patch)
     print(f"wrote {n} samples to {out}")
     return 0
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from film.common.atomic import atomic_path, make_dirs
 from film.common.images import list_images, read_gray
+from film.common.init import random_text_for
 from film.common.spec import OFFICIAL
 from film.common.textfeat import check_text, read_npy
 from film.errors import FilmError
@@ -64,10 +65,22 @@ def _find(folder: str, name: str) -> str | None:
     return imgs.get(name)
 
 
+RANDOM_TEXT = "<random-text>"  # a sample's text source: seeded synthetic features (film.common.init.random_text_for)
+
+
+def patches(a: np.ndarray, b: np.ndarray, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Non-overlapping size x size tiles of a pair, row by row (the right and bottom remainders dropped)."""
+    h, w = a.shape
+    return [(a[y : y + size, x : x + size], b[y : y + size, x : x + size])
+            for y in range(0, h - size + 1, size) for x in range(0, w - size + 1, size)]
+
+
 def build_h5(
-    out_path: str, samples: list[tuple[str, str | None, str | None, str | None]], small: bool
+    out_path: str, samples: list[tuple[str, str | None, str | None, str | None]], small: bool,
+    patch: int | None = None,
 ) -> int:
-    """samples: (name, path A, path B, path text). Writes atomically; raises listing every problem."""
+    """samples: (name, path A, path B, path text or RANDOM_TEXT). Writes atomically; raises listing every
+    problem. ``patch``: each pair cut into patch x patch tiles (``<name>_<k>``, the pair's text for each)."""
     import h5py
 
     problems: list[str] = []
@@ -96,14 +109,19 @@ def build_h5(
                         )
                     if small:
                         a, b = small_resize(a), small_resize(b)
-                    t = _load_npy(pt)
+                    t = random_text_for(name)[None] if pt == RANDOM_TEXT else _load_npy(pt)
+                    tiles = [(name, a, b)] if not patch else [
+                        (f"{name}_{k:03d}", ta, tb) for k, (ta, tb) in enumerate(patches(a, b, patch))]
+                    if not tiles:
+                        raise FilmError(f"{a.shape[1]}x{a.shape[0]} is smaller than --patch {patch}")
                 except FilmError as e:
                     problems.append(f"{name}: {e}")
                     continue
-                ga.create_dataset(name, data=a[None, ...] / 255.0)
-                gb.create_dataset(name, data=b[None, ...] / 255.0)
-                gt.create_dataset(name, data=t)
-                written += 1
+                for key, ta, tb in tiles:
+                    ga.create_dataset(key, data=ta[None, ...] / 255.0)
+                    gb.create_dataset(key, data=tb[None, ...] / 255.0)
+                    gt.create_dataset(key, data=t)
+                    written += 1
         if problems:
             raise FilmError("cannot build the H5 (nothing was written):\n  " + "\n  ".join(problems[:50]))
     return written
@@ -128,6 +146,8 @@ class PrepareOptions:
     b: str | None = None
     text: str | None = None
     name: str | None = None
+    random_text: bool = False  # own-data mode: seeded synthetic text per pair (as film fuse --random-text)
+    patch: int | None = None  # cut each pair into patch x patch tiles
 
 
 def prepare_h5(
@@ -142,11 +162,15 @@ def prepare_h5(
     b: str | None = None,
     text: str | None = None,
     name: str | None = None,
+    random_text: bool = False,
+    patch: int | None = None,
 ) -> tuple[int, str]:
     """Build the H5 that the official ``H5ImageTextDataset`` opens: from the VLF layout (``vlf``, ``task``,
     ``dataset``, ``split``; ``small`` = the official training resize), or from your own ``a``/``b`` image
-    folders and a ``text`` folder of <name>.npy. Returns (samples, path of OUTPUT/<name>_<split>.h5)."""
-    return _prepare(PrepareOptions(output, vlf, task, dataset, split, small, a, b, text, name))
+    folders and a ``text`` folder of <name>.npy (or ``random_text``: seeded synthetic features per pair, as
+    ``film fuse --random-text``). ``patch``: each pair cut into non-overlapping patch x patch tiles (for
+    training on a CPU). Returns (samples, path of OUTPUT/<name>_<split>.h5)."""
+    return _prepare(PrepareOptions(output, vlf, task, dataset, split, small, a, b, text, name, random_text, patch))
 
 
 def _prepare(args: PrepareOptions) -> tuple[int, str]:
@@ -154,8 +178,8 @@ def _prepare(args: PrepareOptions) -> tuple[int, str]:
         for opt in ("task", "dataset", "split"):
             if not getattr(args, opt):
                 raise FilmError(f"--vlf needs --{opt}")
-        if args.a or args.b or args.text:
-            raise FilmError("use either --vlf or --a/--b/--text, not both")
+        if args.a or args.b or args.text or args.random_text:
+            raise FilmError("use either --vlf or --a/--b/--text (or --random-text), not both")
         fa, fb = TASK_FOLDERS[args.task]
         img_root = os.path.join(args.vlf, "Image", args.task, args.dataset)
         text_root = os.path.join(args.vlf, "TextFeature", args.task, args.dataset)
@@ -190,14 +214,21 @@ def _prepare(args: PrepareOptions) -> tuple[int, str]:
             )
         out_name = f"{args.dataset}_{args.split}.h5"
     else:
-        if not (args.a and args.b and args.text):
-            raise FilmError("give --vlf ROOT --task --dataset --split, or --a DIR --b DIR --text DIR")
+        if args.text and args.random_text:
+            raise FilmError("--text and --random-text exclude each other")
+        if not (args.a and args.b and (args.text or args.random_text)):
+            raise FilmError("give --vlf ROOT --task --dataset --split, or --a DIR --b DIR and --text DIR (or "
+                            "--random-text)")
+        for flag, d in (("--a", args.a), ("--b", args.b), ("--text", args.text)):
+            if d is not None and not os.path.isdir(d):
+                raise FilmError(f"{flag} {d}: no such folder")
         a, b = list_images(args.a), list_images(args.b)
-        if not os.path.isdir(args.text):
-            raise FilmError(f"{args.text}: no such folder")
         names = sorted(set(a) | set(b))
         samples = []
         for n in names:
+            if args.random_text:
+                samples.append((n, a.get(n), b.get(n), RANDOM_TEXT))
+                continue
             tp = os.path.join(args.text, n + ".npy")
             samples.append((n, a.get(n), b.get(n), tp if os.path.isfile(tp) else None))
         small = args.small
@@ -205,4 +236,6 @@ def _prepare(args: PrepareOptions) -> tuple[int, str]:
         out_name = f"{name}_{args.split}.h5" if args.split else f"{name}.h5"
     make_dirs(args.output)
     out = os.path.join(args.output, out_name)
-    return build_h5(out, samples, small), out
+    if args.patch is not None and args.patch < 8:
+        raise FilmError(f"--patch {args.patch}: give a tile size of at least 8 pixels")
+    return build_h5(out, samples, small, args.patch), out

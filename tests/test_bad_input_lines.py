@@ -129,3 +129,26 @@ def test_memory_gone_mid_run_ends_with_a_summary(tmp_path, samples, capfd, monke
     assert code == 2 and len(lines) == 1 and "stopped after writing 1 of 2 pairs" in lines[0], err
     assert "not written: p1" in lines[0]
     assert sorted(os.listdir(tmp_path / "out" / "Gray")) == ["p0.png"]
+
+
+def test_prepare_own_pairs_with_random_text_and_patches(tmp_path, samples, capfd):
+    """film prepare --random-text --patch 16: each pair cut into 16x16 tiles (checked against the image read by
+    hand), each with the pair's synthetic text, which is what film fuse --random-text gives that pair."""
+    import cv2
+    import h5py
+
+    from film.common.init import random_text_for
+
+    src = _two_pairs(tmp_path, samples)  # two 40x48 pairs: 2 x 3 tiles of 16x16 each
+    assert main(["prepare", "--a", str(src / "ir"), "--b", str(src / "vi"), "--random-text", "--patch", "16",
+                 "--name", "own", "-o", str(tmp_path / "h5")]) == 0
+    with h5py.File(tmp_path / "h5" / "own.h5") as h5:
+        assert sorted(h5["imageA"]) == [f"p{i}_{k:03d}" for i in range(2) for k in range(6)]
+        ir = cv2.imread(str(src / "ir" / "p1.png"), cv2.IMREAD_GRAYSCALE) / 255.0
+        np.testing.assert_allclose(h5["imageA"]["p1_004"][0], ir[16:32, 16:32])  # row 1, column 1
+        assert np.array_equal(h5["text"]["p1_004"][()], random_text_for("p1")[None])
+    capfd.readouterr()
+    code = main(["prepare", "--a", str(src / "ir"), "--b", str(src / "vi"), "--random-text", "--patch", "64",
+                 "-o", str(tmp_path / "h5b")])
+    err = capfd.readouterr().err
+    assert code == 2 and "smaller than --patch 64" in err and not os.listdir(tmp_path / "h5b"), err
