@@ -80,7 +80,9 @@ def test_export_prints_no_exporter_noise(tmp_path, exported):
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     out = (p.stdout + p.stderr).strip().splitlines()
-    assert "torchvision" not in p.stdout + p.stderr and len(out) == 1, out
+    # film's own two lines: what it is doing (the trace takes a while), then the result
+    assert "torchvision" not in p.stdout + p.stderr and len(out) == 2, out
+    assert " -> " in p.stdout and p.stderr.strip().startswith("film export: tracing"), out
 
 
 def test_metadata_names_config_and_checkpoint(exported):
