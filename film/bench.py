@@ -205,7 +205,8 @@ def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, 
     }
 
 
-def _child(impl, size, device, repeats, warmup, train, tmp, batch=2, recompute=None, heap=None) -> dict:
+def _child(impl, size, device, repeats, warmup, train, tmp, batch=2, recompute=None, heap=None,
+           official_code=None) -> dict:
     out_npy = os.path.join(tmp, f"{impl}_{size}_{int(train)}_{batch}.npy")
     code = (
         "import json,sys; from film.bench import run_case; "
@@ -215,6 +216,8 @@ def _child(impl, size, device, repeats, warmup, train, tmp, batch=2, recompute=N
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     if IMPLS[impl].tunables:
         env["GLIBC_TUNABLES"] = TUNABLES
+    if official_code:  # where run_case finds the official network (its own process, not the caller's environment)
+        env["FILM_OFFICIAL_CODE"] = os.path.abspath(official_code)
     if recompute is not None:
         env["FILM_SKIP_MEMORY_CHECK"] = "1"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
@@ -415,7 +418,6 @@ def bench(
     impls = ["official-style", "official-heap", "torch", "torch-library", other, "jittor", "jittor-library"]
     if official_code:
         _official_code_net(official_code)  # refused here, in one line, before any timing
-        os.environ["FILM_OFFICIAL_CODE"] = os.path.abspath(official_code)
         impls[2:2] = list(OFFICIAL_CODE)
     import importlib.util
 
@@ -449,7 +451,7 @@ def bench(
                     "impl": impl, "size": f"{size[0]}x{size[1]}", "train": True, "batch": bs,
                     "failed": "not run: the official step at this batch needs more memory than this machine has"})
                 continue
-            r = _child(impl, size, device, repeats, warmup, is_train, tmp, bs)
+            r = _child(impl, size, device, repeats, warmup, is_train, tmp, bs, official_code=official_code)
             (results["train_step"] if is_train else results["inference"]).append(r)
         for group in ("inference", "train_step"):
             for name in BASELINES:

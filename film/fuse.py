@@ -229,28 +229,21 @@ def _fuse(args: FuseOptions) -> int:
     _prepare_dirs(args, items)
     from tqdm import tqdm
 
-    done = 0
     with tqdm(
         total=len(items), desc=f"fuse [{args.backend}]", unit="pair", file=sys.stderr, disable=None
     ) as bar:
-        for batch in batches:
+        for k, batch in enumerate(batches):
             a = np.stack([it.a for it in batch])
             b = np.stack([it.b for it in batch])
             t = np.stack([it.text for it in batch])
             try:
                 fused = fuser.fuse(a, b, t)
             except FilmError as e:  # memory taken by another program since the check: say what was written
-                left = [it.name for it in items if it.name not in _written(batches, done)]
-                raise FilmError(f"{e} -- stopped after writing {done} of {len(items)} pairs under {args.output}; "
-                                f"not written: {', '.join(left[:5])}{' ...' if len(left) > 5 else ''}") from None
+                left = [it.name for bt in batches[k:] for it in bt]
+                raise FilmError(f"{e} -- stopped after writing {len(items) - len(left)} of {len(items)} pairs under "
+                                f"{args.output}; not written: {', '.join(left[:5])}{' ...' if len(left) > 5 else ''}"
+                                ) from None
             for it, f in zip(batch, fused):
                 save_outputs(args, it, f)
-            done += len(batch)
             bar.update(len(batch))
     return len(items)
-
-
-def _written(batches: list[list[Item]], done: int) -> set[str]:
-    """Names of the first ``done`` pairs written, in batch order."""
-    names = [it.name for batch in batches for it in batch]
-    return set(names[:done])

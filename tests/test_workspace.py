@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from test_heap import _PROBE  # glibc's mallinfo2 from a probe process
 
 pytestmark = pytest.mark.torch
 
@@ -47,12 +48,8 @@ def test_same_numbers_as_torchs_default_allocator(tmp_path):
     assert np.array_equal(np.load(on), np.load(off))
 
 
-_HOST = """
-import ctypes, json, os, numpy as np
-class M(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                  "fsmblks", "uordblks", "fordblks", "keepcost")]
-libc = ctypes.CDLL("libc.so.6"); libc.mallinfo2.restype = M
+_HOST = _PROBE + """
+import json, os
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -67,7 +64,7 @@ a = rng.random((320, 400), dtype=np.float32)
 f = film.load_fuser("random", backend="torch", device="cpu")
 f.fuse(a, a, rng.standard_normal((9, 768)).astype(np.float32))
 res["after"] = host_block()
-grown = libc.mallinfo2().hblkhd; y = torch.empty(96 * 2**20 // 4); res["torch_mmapped"] = libc.mallinfo2().hblkhd - grown
+grown = lib.mallinfo2().hblkhd; y = torch.empty(96 * 2**20 // 4); res["torch_mmapped"] = lib.mallinfo2().hblkhd - grown
 del y
 from film.backends.torch import workspace
 res["kept"] = workspace.stats()["kept_bytes"]
