@@ -29,9 +29,11 @@ demo: setup
 	$(VENV)/bin/film fuse --checkpoint demo --random-text --pairs film/samples -o demo_out --grid --color
 
 # the shipped demo weights (docs/training.md, "Demo weights"): about 6 h on 2 CPU cores (torch and Jittor
-# side by side, then Jittor alone); writes film/weights/demo.safetensors and build/demo/{curves.png,judge*.json}
+# side by side, then Jittor alone); writes film/weights/demo.safetensors and build/demo/{curves.png,judge*.json}.
+# DATA: the public pairs it trains on (task/dataset/{A,B} folders)
+DATA ?= ../shared/data/fusion_samples
 demo-weights: setup
-	$(PY) -m film.demo_weights all --work build/demo
+	$(PY) scripts/demo_weights.py all --data $(DATA) --work build/demo
 
 test: setup
 	$(PY) -m pytest -q

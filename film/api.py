@@ -11,21 +11,10 @@ import numpy as np
 
 from film.backends.registry import check_name, default_backend, get_backend
 from film.common.checkpoint import Checkpoint
+from film.common.memory import available_memory
 from film.common.spec import FilmConfig
 from film.common.textfeat import check_text_values, text_shape_problem
 from film.errors import FilmError
-
-
-def available_memory() -> int | None:
-    """MemAvailable from /proc/meminfo in bytes, or None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def check_memory(impl, batch: int, h: int, w: int, device: str) -> None:

@@ -34,6 +34,7 @@ from typing import NamedTuple
 import numpy as np
 
 from film.common.atomic import atomic_write_bytes, check_output_file
+from film.common.spec import OFFICIAL
 from film.errors import FilmError
 
 ALIASES = {"torch-fast": "torch-nhwc"}
@@ -99,20 +100,41 @@ def _official_code_net(path: str):
     return Net
 
 
-def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, train: bool, out_npy: str | None,
-             batch: int = 2, recompute: str | None = None, heap: bool | None = None) -> dict:
+class Case(NamedTuple):
+    """One bench case, run in a child process of its own (``python -m film.bench --case JSON``)."""
+
+    impl: str  # a key of IMPLS
+    h: int
+    w: int
+    device: str
+    repeats: int = 3
+    warmup: int = 1
+    train: bool = False
+    out_npy: str | None = None  # where the output is saved (for the agreement columns)
+    batch: int = 2  # the training step's batch
+    recompute: str | None = None  # a forced training configuration (the memory calibration): recompute mode,
+    heap: bool | None = None  # and heap policy, the whole batch per forward
+
+    @property
+    def size(self) -> str:
+        return f"{self.h}x{self.w}"
+
+
+def run_case(case: Case) -> dict:
     """Runs in the child process: one implementation, one size, inference or a training step, through the
     backend interface only. A training step is ``Trainer.step`` as ``film train`` runs it by default (its memory
     plan: micro-batch, recompute, heap reuse; ``recompute``/``heap`` force them, with the whole batch per
-    forward: film bench --train-memory); official-style trains as the official code (NCHW, every activation
+    forward: scripts/calibrate_train_memory.py); official-style trains as the official code (NCHW, every activation
     kept, glibc's malloc defaults). Inference is ``forward_numpy``."""
     import resource
+    from dataclasses import replace
 
     from film.backends.registry import get_backend
     from film.common.init import random_state_dict
-    from film.common.spec import OFFICIAL
-    from film.common.training import TrainConfig
+    from film.common.training import StepConfig
 
+    impl, h, w, device, train, batch, recompute, heap = (case.impl, case.h, case.w, case.device, case.train,
+                                                         case.batch, case.recompute, case.heap)
     spec = IMPLS[impl]
     backend, fast, official = spec.backend, spec.fast, spec.official
     # as film fuse runs (its process keeps freed memory; film.common.heap), and the official code under the glibc
@@ -127,17 +149,15 @@ def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, 
     a, b, t = _inputs(h, w, batch if train else 1)
     plan = None
     if train:
-        cfg = TrainConfig(h5="", lr=1e-5)  # film train's defaults (recompute, fast layout, heap reuse)
+        cfg = StepConfig(fast=fast)  # film train's defaults (recompute, fast layout, heap reuse)
         if official:
-            cfg = TrainConfig(h5="", lr=1e-5, recompute="none", fast=False, heap_reuse=False, micro_batch=batch)
-        elif fast is not None:
-            cfg.fast = fast
+            cfg = StepConfig(recompute="none", fast=False, heap_reuse=False, micro_batch=batch)
         trainer = be.make_trainer(device, OFFICIAL)
-        if recompute is not None:  # a forced configuration (--train-memory): the whole batch per forward
-            cfg.recompute, cfg.heap_reuse, cfg.micro_batch = recompute, bool(heap), batch
+        if recompute is not None:  # a forced configuration (the memory calibration): the whole batch per forward
+            cfg = replace(cfg, recompute=recompute, heap_reuse=bool(heap), micro_batch=batch)
         elif not official:
             p = trainer.plan(cfg, batch, h, w)
-            cfg.micro_batch, cfg.heap_reuse, cfg.recompute = p.micro_batch, p.heap_reuse, p.recompute
+            cfg = replace(cfg, micro_batch=p.micro_batch, heap_reuse=p.heap_reuse, recompute=p.recompute)
             plan = p.describe(batch)
         trainer.build(cfg, sd)
         if official:  # the official-style forward inside the same training step
@@ -147,7 +167,7 @@ def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, 
         def once():
             return trainer.step(a, b, t, cfg)[2]
     elif backend == "onnx":  # the same seeded weights, exported once per bench run (not timed)
-        path = os.path.join(os.path.dirname(out_npy) if out_npy else tempfile.gettempdir(), "film_bench.onnx")
+        path = os.path.join(os.path.dirname(case.out_npy) if case.out_npy else tempfile.gettempdir(), "film_bench.onnx")
         if not os.path.exists(path):
             from film.export import export
 
@@ -187,16 +207,16 @@ def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, 
 
     from film.common.heap import is_on as heap_is_on
 
-    for _ in range(warmup):
+    for _ in range(case.warmup):
         once()
     be.gpu_memory_mb(reset=True)
     times: list[float] = []
-    for _ in range(repeats):
+    for _ in range(case.repeats):
         t0 = time.perf_counter()
         result = once()  # numpy out: the work is done when it returns
         times.append(time.perf_counter() - t0)
-    if out_npy:
-        np.save(out_npy, result)
+    if case.out_npy:
+        np.save(case.out_npy, result)
     return {
         "impl": impl, "layout": layout, "size": f"{h}x{w}", "train": train, "batch": batch if train else 1,
         "plan": plan, "recompute": recompute, "heap_reuse": heap, "median_s": statistics.median(times),
@@ -205,32 +225,37 @@ def run_case(impl: str, h: int, w: int, device: str, repeats: int, warmup: int, 
     }
 
 
-def _child(impl, size, device, repeats, warmup, train, tmp, batch=2, recompute=None, heap=None,
-           official_code=None) -> dict:
-    out_npy = os.path.join(tmp, f"{impl}_{size}_{int(train)}_{batch}.npy")
-    code = (
-        "import json,sys; from film.bench import run_case; "
-        f"r = run_case({impl!r}, {size[0]}, {size[1]}, {device!r}, {repeats}, {warmup}, {train}, {out_npy!r}, "
-        f"{batch}, {recompute!r}, {heap!r}); print('FILM_BENCH ' + json.dumps(r))"
-    )
+def case_npy(folder: str, impl: str, size: tuple[int, int], train: bool, batch: int) -> str:
+    return os.path.join(folder, f"{impl}_{size[0]}x{size[1]}_{int(train)}_{batch}.npy")
+
+
+def run_child(case: Case, official_code: str | None = None) -> dict:
+    """``run_case`` in a fresh process (``python -m film.bench --case JSON``), so that its peak memory is its own;
+    under GLIBC_TUNABLES for the tuned official code. A killed child (the out-of-memory killer, most likely) is a
+    row that says so; any other failure is one FilmError with the child's last lines."""
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    if IMPLS[impl].tunables:
+    if IMPLS[case.impl].tunables:
         env["GLIBC_TUNABLES"] = TUNABLES
     if official_code:  # where run_case finds the official network (its own process, not the caller's environment)
         env["FILM_OFFICIAL_CODE"] = os.path.abspath(official_code)
-    if recompute is not None:
+    if case.recompute is not None:
         env["FILM_SKIP_MEMORY_CHECK"] = "1"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    r = subprocess.run([sys.executable, "-m", "film.bench", "--case", json.dumps(case._asdict())],
+                       capture_output=True, text=True, env=env)
     for line in r.stdout.splitlines():
-        if line.startswith("FILM_BENCH "):
-            res = json.loads(line[len("FILM_BENCH "):])
-            res["_npy"] = out_npy
+        if line.startswith(RESULT_TAG):
+            res = json.loads(line[len(RESULT_TAG):])
+            res["_npy"] = case.out_npy
             return res
     if r.returncode < 0:  # killed: the out-of-memory killer, most likely
-        return {"impl": impl, "size": f"{size[0]}x{size[1]}", "train": train, "batch": batch, "recompute": recompute,
-                "heap_reuse": heap, "failed": f"killed by signal {-r.returncode} (out of memory?)"}
+        return {"impl": case.impl, "size": case.size, "train": case.train, "batch": case.batch,
+                "recompute": case.recompute, "heap_reuse": case.heap,
+                "failed": f"killed by signal {-r.returncode} (out of memory?)"}
     tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-8:])
-    raise FilmError(f"benchmark case {impl} {size} failed:\n{tail}")
+    raise FilmError(f"benchmark case {case.impl} {case.size} failed:\n{tail}")
+
+
+RESULT_TAG = "FILM_BENCH "  # the line of a child's stdout that holds its result
 
 
 def machine_info(device: str) -> dict:
@@ -309,51 +334,13 @@ def _official_fits(device: str, batch: int, h: int, w: int, heap: bool = False) 
     this machine's memory, by the torch backend's measured constants for that configuration."""
     if device != "cpu":
         return True
-    from film.api import available_memory
     from film.backends.registry import get_backend
+    from film.common.memory import available_memory
+    from film.common.training import train_memory_need
 
-    fixed, per_px = get_backend("torch", device).train_memory("none", heap)
+    need = train_memory_need(*get_backend("torch", device).train_memory("none", heap), batch, h, w, OFFICIAL.token_grid)
     avail = available_memory()
-    return avail is None or fixed + batch * per_px * max(h * w, 288 * 384) <= avail
-
-
-TRAIN_MEMORY_BATCHES = (1, 2)
-
-
-def bench_train_memory(device: str, output: str | None) -> tuple[dict, str]:
-    """Peak resident memory of a training step (288x384, 2 steps in a fresh process) per backend, recompute
-    mode and heap policy, at batch 1 and 2 (the whole batch per forward), and the line fit per configuration:
-    the constants each backend's ``train_memory`` returns."""
-    if device != "cpu":
-        raise FilmError("film bench --train-memory measures CPU resident memory: use --device cpu")
-    out = output or os.path.join(_repo_root() or ".", "benchmarks", "results",
-                                 f"{time.strftime('%Y-%m-%d')}_cpu_train_memory.json")
-    check_output_file(out, create_dir=True)
-    from tqdm import tqdm
-
-    from film.common.recompute import MODES
-
-    rows, fits = [], {}
-    configs = [(impl, mode, heap) for impl in ("torch", "jittor") for mode in MODES for heap in (True, False)]
-    with tempfile.TemporaryDirectory() as tmp:
-        for impl, mode, heap in tqdm(configs, desc="train memory", file=sys.stderr, disable=None):
-            pts = []
-            for bs in TRAIN_MEMORY_BATCHES:
-                r = _child(impl, (288, 384), device, 1, 1, True, tmp, bs, mode, heap)
-                r.pop("_npy", None)
-                rows.append(r)
-                if "failed" not in r:
-                    pts.append((bs, r["peak_rss_mb"] * 2**20))
-            if len(pts) == 2:
-                (b1, m1), (b2, m2) = pts
-                per_sample = (m2 - m1) / (b2 - b1)
-                fits[f"{impl}/{mode}/{'heap' if heap else 'default'}"] = {
-                    "fixed_bytes": int(m1 - b1 * per_sample), "bytes_per_pixel": int(per_sample / (288 * 384))}
-    results = {"machine": machine_info(device), "train_memory": rows, "fit": fits,
-               "note": "peak RSS of a process that built the trainer and ran two steps of the given batch at "
-                       "288x384 (the whole batch per forward); fit: peak = fixed + batch x per_pixel x 288 x 384"}
-    atomic_write_bytes(out, json.dumps(results, indent=2).encode())
-    return results, out
+    return avail is None or need <= avail
 
 
 def _peak_mb(r: dict) -> float:
@@ -378,6 +365,7 @@ def memory_fit(rows: list[dict]) -> dict:
 
 def bench(
     device: str = "auto",
+    *,
     sizes: list[str] | None = None,
     backends: str | None = None,
     repeats: int = 3,
@@ -387,24 +375,20 @@ def bench(
     memory: bool = False,
     output: str | None = None,
     train_batches: tuple[int, ...] = (2, 8),
-    train_memory: bool = False,
     official_code: str | None = None,
 ) -> tuple[dict, str]:
     """Time official-style / torch / jittor (each case in its own process) and write the results file;
     returns (results, path). ``backends``: comma list of torch, torch-nchw, torch-nhwc, jittor (official-style
     always runs); ``train``: also a training step at each of ``train_batches`` (film train's Trainer and memory
     plan; official-style where it fits in memory); ``metrics``: film eval vs the straightforward port;
-    ``memory``: one cold run per size and a line fit of peak memory per pixel; ``train_memory``: peak memory of
-    a training step per backend, recompute mode and heap policy at batch 1 and 2 (288x384) and their line fit,
-    the constants of ``train_memory`` in each backend; ``official_code``: a checkout of the official IF-FILM
+    ``memory``: one cold run per size and a line fit of peak memory per pixel (the constants of each backend's
+    ``train_memory`` come from scripts/calibrate_train_memory.py); ``official_code``: a checkout of the official IF-FILM
     repository, timed as it is with glibc's defaults and under GLIBC_TUNABLES (the anchor every ratio is
     also given against)."""
     if device == "auto":
         from film.common.launch import has_nvidia_gpu
 
         device = "cuda" if has_nvidia_gpu() else "cpu"
-    if train_memory:
-        return bench_train_memory(device, output)
     if memory:
         sizes = sizes or MEMORY_SIZES
         repeats, warmup = 1, 0
@@ -451,7 +435,8 @@ def bench(
                     "impl": impl, "size": f"{size[0]}x{size[1]}", "train": True, "batch": bs,
                     "failed": "not run: the official step at this batch needs more memory than this machine has"})
                 continue
-            r = _child(impl, size, device, repeats, warmup, is_train, tmp, bs, official_code=official_code)
+            case = Case(impl, *size, device, repeats, warmup, is_train, case_npy(tmp, impl, size, is_train, bs), bs)
+            r = run_child(case, official_code)
             (results["train_step"] if is_train else results["inference"]).append(r)
         for group in ("inference", "train_step"):
             for name in BASELINES:
@@ -488,14 +473,6 @@ def _impl_label(r: dict) -> str:
 def format_results(res: dict) -> str:
     m = res["machine"]
     lines = [f"device: {m['device']} ({m.get('gpu') or m.get('cpu', '')}), {m['cpus']} CPUs, {m['date']}", ""]
-    if "train_memory" in res:
-        lines += ["| backend | recompute | heap reuse | batch | peak MB |", "|---|---|---|---|---|"]
-        for r in res["train_memory"]:
-            peak = r.get("failed") or f"{_peak_mb(r):.0f}"
-            lines.append(f"| {r['impl']} | {r['recompute']} | {'on' if r['heap_reuse'] else 'off'} | {r['batch']} | {peak} |")
-        for k, f in res["fit"].items():
-            lines.append(f"fit {k}: {f['fixed_bytes'] / 2**20:.0f} MB + {f['bytes_per_pixel']} B/pixel per sample")
-        return "\n".join(lines)
     rows = res["inference"] + res["train_step"]
     ran = [b for b in BASELINES if any(r["impl"] == b and "failed" not in r for r in rows)]  # columns of run ones
     keys = [b.replace("-", "_") for b in ran]
@@ -530,3 +507,18 @@ def format_results(res: dict) -> str:
         lines.append(f"\nmetrics on {mm['pairs']} shipped pairs: film eval {mm['ours_s']:.2f}s vs straightforward port "
                      f"{mm['port_s']:.2f}s = {mm['speedup']:.1f}x; max rel diff {max(mm['max_rel_diff'].values()):.1e}")
     return "\n".join(lines)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """A child of ``run_child``: run one case, print its result on the RESULT_TAG line."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m film.bench", description="one film bench case (film bench runs these)")
+    p.add_argument("--case", required=True, help="the Case as JSON")
+    case = Case(**json.loads(p.parse_args(argv).case))
+    print(RESULT_TAG + json.dumps(run_case(case)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

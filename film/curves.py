@@ -144,7 +144,7 @@ def plot(runs: list[Run], output: str, tol: float = 1e-3) -> None:
     plt.close(fig)
 
 
-def curves(paths: list[str], output: str | None = None, labels: list[str] | None = None,
+def curves(paths: list[str], *, output: str | None = None, labels: list[str] | None = None,
            tol: float = 1e-3) -> tuple[list[Run], list[str]]:
     """Read the runs, write the plot (when ``output``), return the runs and the summary lines."""
     if not paths:

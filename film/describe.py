@@ -18,10 +18,9 @@ import numpy as np
 
 from film.common.atomic import atomic_write_bytes, check_can_make_dirs, make_dirs
 from film.common.images import match_pairs, read_bgr
+from film.defaults import DEFAULT_CAPTIONER, MIF_B, TASKS
 from film.errors import FilmError
-from film.text import _from_pretrained, _need_transformers, _quiet_transformers, load_config, torch_device
-
-DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
+from film.text import from_pretrained, load_config, need_transformers, quiet_transformers, torch_device
 
 # {caption} is the captioner's sentence. One template per task and side; MIF's B side by modality.
 TEMPLATES = {
@@ -76,8 +75,6 @@ TEMPLATES = {
         "background."
     ),
 }
-TASKS = ("IVF", "MIF", "MEF", "MFF")
-MIF_B = ("CT", "PET", "SPECT")
 
 
 def paragraph(task: str, side: str, caption: str, modality: str | None = None) -> str:
@@ -99,12 +96,12 @@ class Captioner:
     """An image-captioning model (BLIP) through transformers: image -> one sentence."""
 
     def __init__(self, name: str = DEFAULT_CAPTIONER, device: str = "cpu", max_new_tokens: int = 30):
-        transformers = _need_transformers()
+        transformers = need_transformers()
         device = torch_device(device)
-        with _quiet_transformers():
+        with quiet_transformers():
             load_config(name, "BLIP captioning model", "blip", DEFAULT_CAPTIONER, CAPTIONER_HINT)
-            self.processor = _from_pretrained(transformers.AutoProcessor, name, "captioner processor", CAPTIONER_HINT)
-            self.model = _from_pretrained(transformers.BlipForConditionalGeneration, name, "captioner",
+            self.processor = from_pretrained(transformers.AutoProcessor, name, "captioner processor", CAPTIONER_HINT)
+            self.model = from_pretrained(transformers.BlipForConditionalGeneration, name, "captioner",
                                           CAPTIONER_HINT)
         self.model.to(device).eval()
         self.device, self.max_new_tokens = device, max_new_tokens
@@ -124,7 +121,7 @@ class Captioner:
         return self.processor.decode(ids[0], skip_special_tokens=True).strip()
 
 
-def describe_folders(a_dir: str, b_dir: str, task: str, out_dir: str, captioner: str = DEFAULT_CAPTIONER,
+def describe_folders(a_dir: str, b_dir: str, *, task: str, out_dir: str, captioner: str = DEFAULT_CAPTIONER,
                      device: str = "cpu", b_modality: str | None = None, overwrite: bool = False,
                      progress: bool = True) -> tuple[int, float]:
     """Write OUT/A/<name>.txt and OUT/B/<name>.txt, a draft paragraph per source image of every pair."""

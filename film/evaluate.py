@@ -113,6 +113,7 @@ def evaluate(
     fused: list[str] | str,
     a: str,
     b: str,
+    *,
     metrics: list[str] | None = None,
     json_path: str | None = None,
     csv_path: str | None = None,

@@ -22,9 +22,9 @@ import time
 import numpy as np
 
 from film.common.checkpoint import DEMO, RANDOM, demo_weights_path, load_checkpoint
+from film.defaults import OPSET
 from film.errors import FilmError
 
-OPSET = 18  # run by onnxruntime >= 1.14 and TensorRT >= 8.6 (README, "Export")
 INPUTS = ("imageA", "imageB", "text")
 OUTPUT = "fused"
 CHECK_FACTOR, CHECK_FLOOR = 2.0, 1e-5  # check(): within 2 x max(torch's own float32 error, 1e-5) of float64
@@ -49,7 +49,7 @@ def _sha256(checkpoint: str) -> str:
     return h.hexdigest()
 
 
-def export(checkpoint: str, output: str, opset: int = OPSET) -> dict:
+def export(checkpoint: str, output: str, *, opset: int = OPSET) -> dict:
     """Write the ONNX model of ``checkpoint`` (any format film reads, ``demo`` or ``random``) to ``output``
     (atomically); returns its metadata."""
     _need_onnx()
@@ -161,3 +161,28 @@ def check(model_path: str, checkpoint: str, limit: int | None = None,
             on_row(rows[-1])
     ok = all(d_onnx <= CHECK_FACTOR * max(d_torch, CHECK_FLOOR) for _, d_onnx, d_torch, _ in rows)
     return ok, rows
+
+
+def export_checked(checkpoint: str, output: str, *, opset: int = OPSET, on_exported=None, on_row=None,
+                   limit: int | None = None) -> tuple[dict, bool, list]:
+    """``export`` then ``check``: the model is written under a temporary name beside ``output`` and kept as
+    ``output`` only when the check passes (an earlier ``output`` stays otherwise). ``on_exported(meta, path)``
+    runs between the two, ``on_row`` after each checked pair. Returns (metadata, ok, rows)."""
+    import os
+
+    from film.common.atomic import check_output_file
+
+    check_output_file(output)  # a refused location fails here, in one line, before the export
+    target = os.path.join(os.path.dirname(os.path.abspath(output)),
+                          f".film-check-{os.getpid()}-{os.path.basename(output)}")
+    try:
+        meta = export(checkpoint, target, opset=opset)
+        if on_exported is not None:
+            on_exported(meta, target)
+        ok, rows = check(target, checkpoint, limit=limit, on_row=on_row)
+        if ok:
+            os.replace(target, output)
+        return meta, ok, rows
+    finally:
+        if os.path.exists(target):
+            os.unlink(target)

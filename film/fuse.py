@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -21,39 +20,21 @@ from film.common.pairs import Item, collect_pairs
 from film.errors import FilmError
 
 
-@dataclass
-class FuseOptions:
-    """What :func:`fuse_folder` was asked to do (the ``film fuse`` flags, typed)."""
-
-    output: str
-    checkpoint: str | None = None  # a checkpoint path, "demo" (shipped demo weights); None or "random": seeded random
-    backend: str | None = None  # None: onnx for an .onnx checkpoint, else torch
-    device: str = "auto"
-    a: str | None = None  # folder of A images (with b)
-    b: str | None = None
-    pairs: str | None = None  # folder searched for paired sub-folders
-    h5: str | None = None  # an H5 made by film prepare
-    text: str | None = None  # folder of <name>.npy text features
-    random_text: bool = False
-    color: bool = False
-    grid: bool = False
-    batch_size: int = 1
-    fast: bool | None = None
-    precision: str = "float32"  # opt-in bf16 / fp16 (film.common.precision)
-
-
-def collect(args, dim: int) -> list[Item]:
-    if args.h5:
+def collect(dim: int, *, a: str | None = None, b: str | None = None, pairs: str | None = None,
+            h5: str | None = None, text: str | None = None, random_text: bool = False) -> list[Item]:
+    """The pairs of one source (``a`` + ``b`` folders, a ``pairs`` tree, or an ``h5`` file) with their text
+    features (``text`` folder, or seeded synthetic ones with ``random_text``) of width ``dim``."""
+    if h5:
         from film.common.data import H5Pairs
 
-        ds = H5Pairs(args.h5)
+        ds = H5Pairs(h5)
         try:
             ds.check(dim)  # every sample's shapes from the metadata, named, before anything is written
             return [Item(name, a[0], b[0], t[0]) for a, b, t, name in (ds[i] for i in range(len(ds)))]
         finally:
             ds.close()
-    return collect_pairs(a=args.a, b=args.b, pairs=args.pairs, text=args.text,
-                         random_text_seed0=0 if args.random_text else None, text_dim=dim)
+    return collect_pairs(a=a, b=b, pairs=pairs, text=text, random_text_seed0=0 if random_text else None,
+                         text_dim=dim)
 
 
 def _chroma(pair: Pair) -> np.ndarray | None:
@@ -104,19 +85,23 @@ def grid_image(panels: list[tuple[np.ndarray, str]]) -> np.ndarray:
     return np.hstack(cols[:-1])
 
 
-def save_outputs(args, item: Item, fused: np.ndarray) -> None:
+def save_outputs(folder: str, item: Item, fused: np.ndarray, *, color: bool = False, grid: bool = False,
+                 title: str = "FILM fused") -> None:
+    """What the official test.py writes for one pair: ``folder/Gray/<name>.png``; with ``color``,
+    ``Color/<name>.png`` (the fused grey as Y, the colour source's Cr/Cb); with ``grid``, ``grid/<name>.png``
+    (A | B | fused, the fused panel titled ``title``). Each PNG is written atomically."""
     gray = to_uint8(fused)
-    write_png(os.path.join(args.output, "Gray", item.name + ".png"), gray)
+    write_png(os.path.join(folder, "Gray", item.name + ".png"), gray)
     fused_bgr = None
-    if args.color and item.pair is not None:
+    if color and item.pair is not None:
         chroma = _chroma(item.pair)
         if chroma is not None:
             ycrcb = np.dstack([gray, np.clip(np.round(chroma), 0, 255).astype(np.uint8)])
             fused_bgr = cv2.cvtColor(ycrcb, cv2.COLOR_YCrCb2BGR)
-            write_png(os.path.join(args.output, "Color", item.name + ".png"), fused_bgr)
-    if args.grid:
-        def panel(x01, path):  # the source as read (in colour with --color), else its grey channel
-            if args.color and path is not None:
+            write_png(os.path.join(folder, "Color", item.name + ".png"), fused_bgr)
+    if grid:
+        def panel(x01, path):  # the source as read (in colour with color), else its grey channel
+            if color and path is not None:
                 return read_bgr(path)
             return cv2.cvtColor(np.round(x01 * 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
 
@@ -124,17 +109,35 @@ def save_outputs(args, item: Item, fused: np.ndarray) -> None:
         panels = [
             (panel(item.a, pair.a if pair else None), "A: " + source_label(pair.a if pair else None, "source A")),
             (panel(item.b, pair.b if pair else None), "B: " + source_label(pair.b if pair else None, "source B")),
-            (fused_bgr if fused_bgr is not None else cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR),
-             getattr(args, "fused_title", "FILM fused")),
+            (fused_bgr if fused_bgr is not None else cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR), title),
         ]
-        write_png(os.path.join(args.output, "grid", item.name + ".png"), grid_image(panels))
+        write_png(os.path.join(folder, "grid", item.name + ".png"), grid_image(panels))
 
 
-def _prepare_dirs(args, items: list[Item]) -> None:
-    subs = ["Gray"] + (["Color"] if args.color else []) + (["grid"] if args.grid else [])
+def prepare_output(folder: str, items: list[Item], *, color: bool = False, grid: bool = False) -> None:
+    """Every output folder ``save_outputs`` will write into for ``items`` (a refused location fails here, in one
+    line, before any forward)."""
+    subs = ["Gray"] + (["Color"] if color else []) + (["grid"] if grid else [])
     for s in subs:
         for it in items:
-            make_dirs(os.path.dirname(os.path.join(args.output, s, it.name + ".png")))
+            make_dirs(os.path.dirname(os.path.join(folder, s, it.name + ".png")))
+
+
+# what the weights are, for the grid's title and a notice (film fuse, film serve): "random", "demo" or "" (any other)
+FUSED_TITLE = {"random": "fused (random weights)", "demo": "fused (demo weights)", "": "FILM fused"}
+WEIGHTS_NOTICE = {
+    "random": "seeded random weights (--checkpoint random): the pictures show the pipeline, not a fusion; "
+              "--checkpoint demo has trained demo weights",
+    "demo": "the demo weights: not the official FILM, trained briefly on public pairs with synthetic text "
+            "(docs/training.md, Demo weights)",
+}
+
+
+def weights_kind(fuser) -> str:
+    ck = fuser.checkpoint
+    if ck is None or ck.source_format == "random":
+        return "random"
+    return "demo" if "film_demo" in ck.extras else ""
 
 
 def fuse_folder(
@@ -160,57 +163,32 @@ def fuse_folder(
     Every problem is found before any output folder is made; each PNG is written atomically."""
     if sum(x is not None for x in (a, pairs, h5)) != 1:
         raise FilmError("give exactly one source: a (with b), pairs, or h5")
-    opts = FuseOptions(output=output, checkpoint=checkpoint, backend=backend, device=device, a=a, b=b, pairs=pairs,
-                       h5=h5, text=text, random_text=random_text, color=color, grid=grid, batch_size=batch_size,
-                       fast=fast, precision=precision)
-    return _fuse(opts)
-
-
-# what the weights are, for the grid's title and a notice (film fuse, film serve): "random", "demo" or "" (any other)
-FUSED_TITLE = {"random": "fused (random weights)", "demo": "fused (demo weights)", "": "FILM fused"}
-WEIGHTS_NOTICE = {
-    "random": "seeded random weights (--checkpoint random): the pictures show the pipeline, not a fusion; "
-              "--checkpoint demo has trained demo weights",
-    "demo": "the demo weights: not the official FILM, trained briefly on public pairs with synthetic text "
-            "(docs/training.md, Demo weights)",
-}
-
-
-def weights_kind(fuser) -> str:
-    ck = fuser.checkpoint
-    if ck is None or ck.source_format == "random":
-        return "random"
-    return "demo" if "film_demo" in ck.extras else ""
-
-
-def _fuse(args: FuseOptions) -> int:
     from film.api import load_fuser
     from film.backends.registry import check_name, default_backend
 
-    if args.backend is None:  # as load_fuser: an exported model runs with onnxruntime
-        args.backend = default_backend(args.checkpoint)
-    check_name(args.backend)
-    if args.batch_size < 1:
+    if backend is None:  # as load_fuser: an exported model runs with onnxruntime
+        backend = default_backend(checkpoint)
+    check_name(backend)
+    if batch_size < 1:
         raise FilmError("--batch-size must be at least 1")
-    if args.text and args.random_text:
+    if text and random_text:
         raise FilmError("--text and --random-text exclude each other")
     # inputs that are not there are named before the network loads (seconds to minutes), not after
-    for flag, path, is_file in (("--a", args.a, False), ("--b", args.b, False), ("--pairs", args.pairs, False),
-                                ("--text", args.text, False), ("--h5", args.h5, True)):
+    for flag, path, is_file in (("--a", a, False), ("--b", b, False), ("--pairs", pairs, False),
+                                ("--text", text, False), ("--h5", h5, True)):
         if path is not None and not (os.path.isfile(path) if is_file else os.path.isdir(path)):
             raise FilmError(f"{flag} {path}: no such {'H5 file' if is_file else 'folder'}")
     fuser = load_fuser(
-        args.checkpoint,
-        backend=args.backend,
-        device=args.device,
-        fast=args.fast,
-        precision=args.precision,
+        checkpoint,
+        backend=backend,
+        device=device,
+        fast=fast,
+        precision=precision,
     )
     kind = weights_kind(fuser)
-    args.fused_title = FUSED_TITLE[kind]
     if kind:
         print(f"film fuse: {WEIGHTS_NOTICE[kind]}", file=sys.stderr, flush=True)
-    items = collect(args, fuser.cfg.text_dim)
+    items = collect(fuser.cfg.text_dim, a=a, b=b, pairs=pairs, h5=h5, text=text, random_text=random_text)
     if not items:
         raise FilmError("no image pairs to fuse")
     from film.api import check_memory
@@ -221,29 +199,29 @@ def _fuse(args: FuseOptions) -> int:
         groups.setdefault((it.a.shape, it.text.shape), []).append(it)
     batches = []
     for group in groups.values():
-        for i in range(0, len(group), args.batch_size):
-            batches.append(group[i : i + args.batch_size])
+        for i in range(0, len(group), batch_size):
+            batches.append(group[i : i + batch_size])
     # whole or nothing: the largest forward (batch x pixels) is checked before any output folder is made
     biggest = max(batches, key=lambda bt: len(bt) * bt[0].a.size)
     check_memory(fuser.impl, len(biggest), *biggest[0].a.shape[-2:], str(fuser.device))
-    _prepare_dirs(args, items)
+    prepare_output(output, items, color=color, grid=grid)
     from tqdm import tqdm
 
     with tqdm(
-        total=len(items), desc=f"fuse [{args.backend}]", unit="pair", file=sys.stderr, disable=None
+        total=len(items), desc=f"fuse [{backend}]", unit="pair", file=sys.stderr, disable=None
     ) as bar:
         for k, batch in enumerate(batches):
-            a = np.stack([it.a for it in batch])
-            b = np.stack([it.b for it in batch])
-            t = np.stack([it.text for it in batch])
+            xa = np.stack([it.a for it in batch])
+            xb = np.stack([it.b for it in batch])
+            xt = np.stack([it.text for it in batch])
             try:
-                fused = fuser.fuse(a, b, t)
+                fused = fuser.fuse(xa, xb, xt)
             except FilmError as e:  # memory taken by another program since the check: say what was written
                 left = [it.name for bt in batches[k:] for it in bt]
                 raise FilmError(f"{e} -- stopped after writing {len(items) - len(left)} of {len(items)} pairs under "
-                                f"{args.output}; not written: {', '.join(left[:5])}{' ...' if len(left) > 5 else ''}"
+                                f"{output}; not written: {', '.join(left[:5])}{' ...' if len(left) > 5 else ''}"
                                 ) from None
             for it, f in zip(batch, fused):
-                save_outputs(args, it, f)
+                save_outputs(output, it, f, color=color, grid=grid, title=FUSED_TITLE[kind])
             bar.update(len(batch))
     return len(items)

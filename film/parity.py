@@ -182,3 +182,47 @@ def format_metrics(reports: list[PairReport]) -> str:
     rule = f"<= {METRIC_RTOL:g} relative" + (" + torch's own float32 effect (torch-f64)" if has_ref else "")
     lines.append(f"  worst metric difference {worst_all:.2e}; {len(METRICS) - n_bad}/{len(METRICS)} metrics {rule}")
     return "\n".join(lines)
+
+
+def load_parity_fusers(state_dict, cfg, device: str = "cpu", fast: bool | None = None) -> dict:
+    """Both frameworks' fusers on the same weights, in deterministic mode; refuses (one line) before minutes of
+    work when either backend cannot run (not installed, numpy>=2 for Jittor)."""
+    from film.api import load_fuser
+    from film.backends.registry import FRAMEWORKS, get_backend
+
+    for name in FRAMEWORKS:
+        get_backend(name, device)
+    fusers = {}
+    for name in FRAMEWORKS:
+        fusers[name] = load_fuser(state_dict, backend=name, device=device, cfg=cfg, fast=fast)
+        fusers[name].impl.set_deterministic()
+    return fusers
+
+
+def float64_reference(fusers: dict):
+    """(backend module, float64 network) from the first backend that can build one (torch), or None."""
+    for f in fusers.values():
+        model = f.impl.float64_reference(f.model)
+        if model is not None:
+            return f.impl, model
+    return None
+
+
+def parity(checkpoint: str, *, pairs: str | None = None, text: str | None = None, limit: int | None = None,
+           fast: bool | None = None, device: str = "cpu", reference: bool = True, metrics: bool = False,
+           model_cfg=None, on_pair=None) -> tuple[dict, list[PairReport]]:
+    """Fuse every pair (``pairs``, default the shipped samples) with both backends on the weights of
+    ``checkpoint`` ("random": seeded random ones) and compare tap by tap, and against a float64 run unless
+    ``reference`` is False. ``on_pair(i, n, report)`` is called after each pair. Returns (fusers, reports)."""
+    from film.common.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(checkpoint, model_cfg)  # the configuration stored with the weights, else model_cfg
+    fusers = load_parity_fusers(ck.state_dict, ck.cfg, device, fast)
+    inputs = collect_inputs(pairs, text, ck.cfg.text_dim, limit)
+    ref = float64_reference(fusers) if reference else None
+    reports = []
+    for i, (label, a, b, t) in enumerate(inputs):
+        reports.append(run_pair(fusers, label, a, b, t, ref, metrics=metrics))
+        if on_pair is not None:
+            on_pair(i, len(inputs), reports[-1])
+    return fusers, reports

@@ -14,7 +14,7 @@ import numpy as np
 
 from film.common.data import H5Pairs
 from film.common.spec import OFFICIAL, OFFICIAL_RECIPE
-from film.common.training import TrainConfig, epoch_batches, load_batch, lr_at
+from film.common.training import StepConfig, epoch_batches, load_batch, lr_at
 from film.errors import FilmError
 
 LOSS_RTOL = 1e-6
@@ -65,7 +65,7 @@ def run_train_parity(state_dict, h5: str, steps: int = 3, lr: float | None = Non
                      seed: int = 0, device: str = "cpu", model_cfg=OFFICIAL, reference: bool = True) -> dict:
     from film.train import make_trainer
 
-    cfg = TrainConfig(h5=h5, lr=lr or OFFICIAL_RECIPE.lr, seed=seed)  # the official recipe otherwise
+    cfg = StepConfig(lr=lr or OFFICIAL_RECIPE.lr, seed=seed)  # the official recipe otherwise
     data = batches(h5, batch_size, seed, steps)
     if state_dict is None:
         from film.common.init import random_state_dict
@@ -147,3 +147,21 @@ def format_train_report(r: dict) -> tuple[str, bool]:
     ok = loss_rel <= LOSS_RTOL and not bad_g and not beyond and frac <= SIGN_NOISE_FRACTION
     lines.append("training parity: " + ("OK" if ok else "FAIL"))
     return "\n".join(lines), ok
+
+
+def train_parity(checkpoint: str, h5: str | None, *, steps: int = 3, lr: float | None = None, seed: int = 0,
+                 device: str = "cpu", model_cfg=None, reference: bool = True) -> dict:
+    """``run_train_parity`` on the weights of ``checkpoint`` (a path, or "random"), after the checks a caller
+    would otherwise meet minutes later: an H5 is given, at least one step, both backends usable."""
+    from film.backends.registry import FRAMEWORKS, get_backend
+    from film.common.checkpoint import load_checkpoint
+
+    if not h5:
+        raise FilmError("film parity --train needs --h5 TRAIN.h5 (the batches to train on)")
+    if steps < 1:
+        raise FilmError("--steps must be at least 1")
+    for name in FRAMEWORKS:
+        get_backend(name, device)
+    ck = load_checkpoint(checkpoint, model_cfg)
+    return run_train_parity(ck.state_dict, h5, steps=steps, lr=lr, seed=seed, device=device, model_cfg=ck.cfg,
+                            reference=reference)

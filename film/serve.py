@@ -108,7 +108,8 @@ class FuseService:
         self.text_lock = threading.Lock()
         self.encoder = None
         if encoder != "none":
-            from film.text import DEFAULT_ENCODER, load_encoder
+            from film.defaults import DEFAULT_ENCODER
+            from film.text import load_encoder
 
             try:
                 self.encoder = load_encoder(encoder or DEFAULT_ENCODER, "cpu")
@@ -134,7 +135,7 @@ class FuseService:
         from film.text import encode_text
 
         with self.text_lock:
-            return encode_text(para_a or "", para_b or "", self.encoder), None
+            return encode_text(para_a or "", para_b or "", encoder=self.encoder), None
 
     def draft(self, task: str, a_path: str | None, b_path: str | None) -> tuple[str, str]:
         """Draft paragraphs for both images with the captioner (film describe's templates)."""
@@ -168,7 +169,7 @@ class FuseService:
         from film.common.images import Pair, load_pair, read_gray, to_uint8
         from film.common.metrics import evaluate
         from film.common.pairs import Item
-        from film.fuse import _prepare_dirs, save_outputs
+        from film.fuse import prepare_output, save_outputs
         from film.text import save_npy
 
         if not a_path or not b_path:
@@ -198,10 +199,10 @@ class FuseService:
             with self.locks[b]:  # one forward at a time per backend (the memory check runs inside fuse)
                 outs[b] = fuser.fuse(xa, xb, text[0])
         first = next(iter(outs.values()))
-        opts = _Options(output=os.path.join(folder, "out"), fused_title=self.fused_title)
+        out = os.path.join(folder, "out")
         item = Item(name, xa, xb, text[0], pair)
-        _prepare_dirs(opts, [item])
-        save_outputs(opts, item, first)
+        prepare_output(out, [item], color=True, grid=True)
+        save_outputs(out, item, first, color=True, grid=True, title=self.fused_title)
         features = os.path.join(folder, "out", name + ".npy")
         save_npy(features, text)
         gray = os.path.join(folder, "out", "Gray", name + ".png")
@@ -222,14 +223,6 @@ class FuseService:
 
     def close(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-@dataclass
-class _Options:  # what film fuse's writer reads from its options
-    output: str
-    fused_title: str
-    color: bool = True
-    grid: bool = True
 
 
 def result_markdown(r: Result) -> str:
@@ -340,9 +333,16 @@ def _gradio_cache() -> str:
     return os.environ["GRADIO_TEMP_DIR"]
 
 
-def serve(checkpoint: str | None, backend: str = "torch", encoder: str | None = None, captioner: str | None = None,
-          host: str = "127.0.0.1", port: int = 7860, device: str = "auto", block: bool = True):
-    """Start the page; returns (app, url) when ``block`` is False (tests), else serves until interrupted."""
+SERVE_BACKENDS = ("torch", "jittor", "both")
+
+
+def serve(checkpoint: str | None = "demo", *, backend: str = "torch", encoder: str | None = None,
+          captioner: str | None = None, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
+          block: bool = True):
+    """Start the page; returns (app, url) when ``block`` is False (tests), else serves until interrupted.
+    ``backend``: torch, jittor, or both (live parity on the page)."""
+    if backend not in SERVE_BACKENDS:
+        raise FilmError(f"--backend: unknown {backend!r} (torch, jittor or both)")
     try:
         import gradio  # noqa: F401
     except ImportError:

@@ -25,9 +25,9 @@ from urllib.parse import urlparse
 import numpy as np
 
 from film.common.atomic import atomic_path, check_can_make_dirs, make_dirs
+from film.defaults import DEFAULT_ENCODER
 from film.errors import FilmError
 
-DEFAULT_ENCODER = "Salesforce/blip2-itm-vit-g"
 TEXT_DIM = 768
 MAX_POSITIONS = 512  # the Q-Former's position embeddings: a longer paragraph cannot be encoded whole
 
@@ -37,7 +37,7 @@ _DOWNLOAD_HINT = (
 )
 
 
-def _need_transformers():
+def need_transformers():
     try:
         import torch  # noqa: F401
         import transformers
@@ -53,7 +53,7 @@ def _need_transformers():
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     """transformers logs every unused vision weight of the full BLIP-2 checkpoint: not the user's concern."""
     from transformers.utils import logging as tlog
 
@@ -83,7 +83,7 @@ def _hub_reachable(timeout: float = 5.0) -> bool:
         return False
 
 
-def _from_pretrained(cls, name: str, what: str, hint: str = _DOWNLOAD_HINT, **kw):
+def from_pretrained(cls, name: str, what: str, hint: str = _DOWNLOAD_HINT, **kw):
     """``cls.from_pretrained(name)`` from a folder, the Hugging Face cache, or (when reachable) the hub;
     every failure becomes one FilmError that says what to do (``hint``: how to get the model offline)."""
     local = os.path.isdir(name)
@@ -120,8 +120,8 @@ def torch_device(device: str) -> str:
 
 def load_config(name: str, what: str, model_type: str, example: str, hint: str = _DOWNLOAD_HINT):
     """The transformers config of ``name``, refused unless its model_type is ``model_type``."""
-    transformers = _need_transformers()
-    config = _from_pretrained(transformers.AutoConfig, name, what, hint)
+    transformers = need_transformers()
+    config = from_pretrained(transformers.AutoConfig, name, what, hint)
     if getattr(config, "model_type", None) != model_type:
         raise FilmError(
             f"{name}: a {getattr(config, 'model_type', '?')!r} model, not a {what} of type {model_type!r} "
@@ -194,7 +194,7 @@ def save_pretrained(folder: str, parts: list, what: str) -> None:
 
     tmp = tempfile.mkdtemp(prefix=".film-tmp-", dir=parent)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             for part in parts:
                 kw = {"safe_serialization": True} if hasattr(part, "config") else {}
                 part.save_pretrained(tmp, **kw)
@@ -209,11 +209,11 @@ def save_pretrained(folder: str, parts: list, what: str) -> None:
 
 def load_encoder(encoder: str = DEFAULT_ENCODER, device: str = "cpu") -> TextEncoder:
     """Load only the Q-Former text part (``Blip2TextModelWithProjection``) and its tokenizer, float32, eval."""
-    transformers = _need_transformers()
+    transformers = need_transformers()
     import torch
 
     device = torch_device(device)
-    with _quiet_transformers():
+    with quiet_transformers():
         q = load_config(encoder, "BLIP-2 Q-Former text encoder", "blip-2", DEFAULT_ENCODER).qformer_config
         if q.hidden_size != TEXT_DIM:
             raise FilmError(f"{encoder}: text encoder width {q.hidden_size}, FILM needs {TEXT_DIM} (the Q-Former's BERT width)")
@@ -222,14 +222,14 @@ def load_encoder(encoder: str = DEFAULT_ENCODER, device: str = "cpu") -> TextEnc
                 f"{encoder}: its Q-Former config has use_qformer_text_input=False, so it has no text layers "
                 f"(use the image-text-matching checkpoint {DEFAULT_ENCODER})"
             )
-        model, info = _from_pretrained(
+        model, info = from_pretrained(
             transformers.Blip2TextModelWithProjection, encoder, "text encoder", dtype=torch.float32,
             output_loading_info=True,
         )
         missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
         if missing:  # transformers would silently leave them random
             raise FilmError(f"{encoder}: the checkpoint lacks {len(missing)} text-encoder weights, e.g. {missing[:3]}")
-        tokenizer = _from_pretrained(transformers.AutoTokenizer, encoder, "tokenizer")
+        tokenizer = from_pretrained(transformers.AutoTokenizer, encoder, "tokenizer")
     model.to(device).eval()
     return TextEncoder(model, tokenizer, device, encoder)
 
@@ -247,7 +247,7 @@ def check_paragraph(text: str, where: str) -> str:
     return text
 
 
-def encode_text(a_paragraph: str, b_paragraph: str, encoder=DEFAULT_ENCODER, device: str = "cpu",
+def encode_text(a_paragraph: str, b_paragraph: str, *, encoder=DEFAULT_ENCODER, device: str = "cpu",
                 max_tokens: int | None = None) -> np.ndarray:
     """FILM text features of one pair: A's and B's paragraphs encoded separately, concatenated A then B.
 
@@ -298,7 +298,7 @@ def save_npy(path: str, arr: np.ndarray) -> None:
         np.save(f, arr, allow_pickle=False)
 
 
-def encode_folders(a_dir: str, b_dir: str, out_dir: str, encoder=DEFAULT_ENCODER, device: str = "cpu",
+def encode_folders(a_dir: str, b_dir: str, out_dir: str, *, encoder=DEFAULT_ENCODER, device: str = "cpu",
                    batch_size: int = 8, max_tokens: int | None = None, progress: bool = True) -> tuple[int, float]:
     """For every <name>.txt in both folders write OUT/<name>.npy, float32 (1, L_A + L_B, 768)."""
     if batch_size < 1:

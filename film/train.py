@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from film.backends.registry import FRAMEWORKS, check_name, get_backend
 from film.common.spec import OFFICIAL, FilmConfig
-from film.common.training import TrainConfig, read_run_params
+from film.common.training import RunConfig, StepConfig, resolve_run
 from film.common.training import train as train_loop
 from film.errors import FilmError
 
@@ -28,8 +28,8 @@ def strip_nproc(argv: list[str]) -> list[str]:
     return out
 
 
-def launch(backend: str, device: str, nproc: int, argv: list[str], model_cfg: FilmConfig = OFFICIAL,
-           step_cfg=None) -> int:
+def launch(backend: str, device: str, nproc: int, argv: list[str], *, model_cfg: FilmConfig = OFFICIAL,
+           step_cfg: StepConfig | None = None) -> int:
     """film train --nproc N: start N processes of the same command (``argv`` without --nproc) under the
     backend's launcher (torchrun or mpirun) and wait for them; returns their exit code."""
     import os
@@ -45,7 +45,7 @@ def launch(backend: str, device: str, nproc: int, argv: list[str], model_cfg: Fi
     # processes; the launcher (torchrun or mpirun) is the backend's
     impl = get_backend(backend, device)
     cmd = impl.launch_command(nproc, strip_nproc(argv))
-    impl.prepare_launch(device, model_cfg, step_cfg or TrainConfig(h5=""))
+    impl.prepare_launch(device, model_cfg, step_cfg or StepConfig())
     env = os.environ.copy()
     # N processes on the machine's cores: a thread pool of cores // N each, unless the user chose
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
@@ -95,51 +95,24 @@ def train(
 ) -> str:
     """Train FILM with the official recipe (None = the official value) in either backend; returns the run
     folder (written by rank 0 alone under torchrun / mpirun). ``resume``: a run folder to continue exactly
-    (its H5 and recipe are taken from its param.json). How each step runs (the same numbers either way;
+    (its backend, H5 and recipe are taken from its param.json). How each step runs (the same numbers either way;
     docs/training.md): ``recompute`` (auto, none, blocks, all), ``micro_batch`` (None: planned to fit in memory),
     ``fast`` (the channels-last layout; None: on for CPU), ``heap_reuse`` (CPU: glibc keeps freed memory for
     reuse while training runs, about 2x a step: a process-wide malloc setting, so off unless asked for here;
     film train asks; film.common.heap)."""
-    if resume:  # the run's own backend, network configuration and H5, unless told otherwise
-        saved = read_run_params(resume)
-        run_backend = saved.get("backend", "torch")
-        if backend is not None and backend != run_backend:
-            raise FilmError(f"{resume}: a {run_backend} run; resume it with --backend {run_backend} (or without "
-                            "--backend), or start a new run from its weights with --init")
-        backend = run_backend
-        if model_cfg is OFFICIAL and isinstance(saved.get("model_config"), dict):
-            try:
-                model_cfg = FilmConfig.from_dict(saved["model_config"])
-            except (TypeError, ValueError) as e:
-                raise FilmError(f"{resume}: param.json has an unreadable model_config ({e})") from None
-    backend = backend or "torch"
-    check_name(backend, FRAMEWORKS)  # onnx runs exported models: inference only
-    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
-        if v is not None and v < 1:
-            raise FilmError(f"--{name.replace('_', '-')} must be at least 1")
-    if lr is not None and not lr > 0:
-        raise FilmError("--lr must be positive")
-    if not h5 and resume:  # a resumed run reads the H5 it was started with
-        h5 = read_run_params(resume).get("h5")
-    if not h5:
-        raise FilmError("--h5 TRAIN.h5 is required")
-    from film.common.recompute import MODES
-
-    if recompute != "auto" and recompute not in MODES:
-        raise FilmError(f"recompute {recompute!r}: choose auto or one of {', '.join(MODES)}")
-    cfg = TrainConfig(h5=h5, backend=backend, out=out, seed=seed, device=device, init=init, resume=resume,
-                      max_steps=max_steps, recompute=recompute, micro_batch=micro_batch, fast=fast,
-                      heap_reuse=heap_reuse, epochs=epochs)
-    for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("step_size", step_size),
-                 ("gamma", gamma), ("grad_weight", grad_weight), ("ssim_weight", ssim_weight)):
-        if v is not None:
-            setattr(cfg, k, v)
-    trainer = make_trainer(backend, device, model_cfg)
+    recipe = {k: v for k, v in (("batch_size", batch_size), ("lr", lr), ("step_size", step_size), ("gamma", gamma),
+                                ("grad_weight", grad_weight), ("ssim_weight", ssim_weight)) if v is not None}
+    step = StepConfig(seed=seed, recompute=recompute, fast=fast, heap_reuse=heap_reuse, micro_batch=micro_batch,
+                      **recipe)
+    cfg = RunConfig(h5=h5 or "", step=step, backend=backend or "torch", out=out, epochs=epochs, device=device,
+                    init=init, resume=resume, max_steps=max_steps)
+    run = resolve_run(cfg, None if model_cfg is OFFICIAL else model_cfg, backend_given=backend is not None)
+    check_name(run.cfg.backend, FRAMEWORKS)  # onnx runs exported models: inference only
+    trainer = make_trainer(run.cfg.backend, device, run.model_cfg)
     try:
-        run_dir = train_loop(cfg, trainer)
+        return train_loop(run, trainer)
     finally:
         trainer.close()
-    return run_dir
 
 
 def is_main_process() -> bool:

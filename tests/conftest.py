@@ -58,6 +58,17 @@ def run_group(cmd, timeout: float, env: dict | None = None, cwd=None):
     return subprocess.CompletedProcess(cmd, p.returncode, out, err)
 
 
+def load_script(name: str):
+    """A build script of scripts/ (not part of the package) as a module."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"film_scripts_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_cli(capsys, *argv) -> tuple[int, str]:
     """``film`` in-process: (exit code, stdout + stderr); never a traceback."""
     from film.cli import main

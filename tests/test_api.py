@@ -127,7 +127,7 @@ def test_library_functions_without_the_cli(tb, tmp_path):
     np.save(tmp_path / "text" / "p.npy", np.random.default_rng(0).standard_normal((1, 9, 768)).astype(np.float32))
     assert fuse_folder(str(tmp_path / "out"), a=str(tmp_path / "ir"), b=str(tmp_path / "vi"),
                        text=str(tmp_path / "text"), device="cpu", grid=True) == 1
-    res = evaluate(str(tmp_path / "out" / "Gray"), str(tmp_path / "ir"), str(tmp_path / "vi"), ["EN", "SSIM"],
+    res = evaluate(str(tmp_path / "out" / "Gray"), str(tmp_path / "ir"), str(tmp_path / "vi"), metrics=["EN", "SSIM"],
                    json_path=str(tmp_path / "s.json"))
     assert set(res["out"]["mean"]) == {"EN", "SSIM"} and json.load(open(tmp_path / "s.json"))["per_image"]["p"]
     n, h5 = prepare_h5(str(tmp_path / "h5"), a=str(tmp_path / "ir"), b=str(tmp_path / "vi"), text=str(tmp_path / "text"),
@@ -160,7 +160,6 @@ def test_jittor_fusers_of_both_layouts_in_one_process(jb):
 def test_training_a_model_loaded_in_the_fast_layout(tb, jb):
     """A Jittor model loaded for inference in the fast layout (NHWC) trains correctly: every gradient within
     float32 rounding of the float64 network's, judged as the training-parity tests judge."""
-    import types
 
     import jittor as jt
     from test_parity_train import CFG, _batch, _float64_reference, _judge
@@ -175,7 +174,7 @@ def test_training_a_model_loaded_in_the_fast_layout(tb, jb):
     assert jb.is_fast(model)
     model.train()
     A, B, T = _batch()
-    cfg = types.SimpleNamespace(**vars(CFG))
+    cfg = CFG
     ref = _float64_reference(tb, sd, A, B, T, cfg)
     loss, _ = compute_loss(jt.array(A), jt.array(B), model(jt.array(A), jt.array(B), jt.array(T)), cfg)
     assert float(loss.item()) == pytest.approx(ref[0], rel=1e-6)

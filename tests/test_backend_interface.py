@@ -100,3 +100,28 @@ def test_ops_modules_offer_the_same_primitives(tb, jb):
         if not (callable(ft) and getattr(ft, "__module__", "").startswith("film")):
             continue
         assert pt == pj, f"ops.{name}: torch {pt} vs jittor {pj}"
+
+
+def _public_names(path: str) -> set[str]:
+    """The names a module defines at its top level (functions, classes, assignments), private ones left out."""
+    import ast
+
+    tree = ast.parse(open(path).read())
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return {n for n in names if not n.startswith("_")}
+
+
+def test_ops_modules_mirror_each_other_name_for_name():
+    """jittor/ops.py defines the same public names as torch/ops.py (Jittor's own kernels live in kernels.py)."""
+    import os
+
+    root = os.path.join(os.path.dirname(__file__), "..", "film", "backends")
+    names = {b: _public_names(os.path.join(root, b, "ops.py")) for b in ("torch", "jittor")}
+    assert len(names["torch"]) >= 20
+    assert names["torch"] == names["jittor"], (sorted(names["torch"] - names["jittor"]),
+                                               sorted(names["jittor"] - names["torch"]))

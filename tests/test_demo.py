@@ -15,6 +15,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+from conftest import load_script
 from conftest import run_cli as run
 
 # sha256 of film/weights/demo.safetensors, recorded when it was made (make demo-weights; docs/training.md): a
@@ -152,7 +153,7 @@ def test_recipe_first_steps_match_across_frameworks(capsys, tmp_path, tb, jb):
     """The demo recipe (its crops, flags, seed and random init) on one public pair, three steps in each
     framework: the first loss agrees to float32 rounding of the official network (the same weights and batch),
     the next two within what Adam's first steps at lr 2e-4 let rounding grow to (measured: <= 4.3e-4 after 5)."""
-    from film import demo_weights
+    demo_weights = load_script("demo_weights")
 
     src = os.path.join(SHARED, "IVF", "RoadScene")
     if not os.path.isdir(src):
@@ -191,7 +192,7 @@ def test_recipe_task_stage_trains_on_that_task_alone(tmp_path):
     are the recipe's with its own epochs, --init and reweighted loss appended (written out by hand here)."""
     import h5py
 
-    from film import demo_weights
+    demo_weights = load_script("demo_weights")
 
     rng = np.random.default_rng(5)
     for task, sides in (("IVF/RoadScene", ("ir", "vi")), ("MEF/MEFB", ("over", "under"))):
@@ -212,4 +213,4 @@ def test_recipe_task_stage_trains_on_that_task_alone(tmp_path):
         demo_weights.training_pairs(str(tmp_path / "both"), ("MFF",))
     flags = demo_weights.stage_flags(4, "w.pkl", {"--lr": "1e-4", "--ssim-weight": "0.05"})
     assert flags == ["--batch-size", "4", "--epochs", "4", "--lr", "1e-4", "--step-size", "1000", "--gamma", "0.6",
-                     "--seed", "0", "--init", "w.pkl", "--ssim-weight", "0.05"]
+                     "--seed", "0", "--grad-weight", "20.0", "--ssim-weight", "0.05", "--init", "w.pkl"]

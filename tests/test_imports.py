@@ -102,3 +102,37 @@ def test_the_check_finds_a_cycle(tmp_path):
     (pkg / "c.py").write_text("import film.a\n")
     (pkg / "d.py").write_text("from film import c\n")
     assert cycles(import_graph(str(tmp_path))) == [["film.a", "film.c", "film.sub.b"]]
+
+
+def layer(module: str) -> int:
+    """The package's layers, lowest first: errors and defaults; film/common (framework-free); the backends; the
+    library behind the commands (film.fuse, film.train, ...); the commands and the CLI."""
+    if module in ("film.errors", "film.defaults"):
+        return 0
+    if module.startswith("film.common"):
+        return 1
+    if module.startswith("film.backends"):
+        return 2
+    if module.startswith("film.commands") or module in ("film.cli", "film.__main__"):
+        return 4
+    return 3
+
+
+def upward_imports(edges: dict[str, set[str]]) -> list[tuple[str, str]]:
+    return sorted((m, t) for m, ts in edges.items() for t in ts if layer(t) > layer(m))
+
+
+def test_no_import_up_a_layer():
+    """film/common imports no backend and no library module; the backends import no library module; nothing below
+    the commands imports a command (function-local imports included)."""
+    assert upward_imports(import_graph(ROOT)) == []
+
+
+def test_the_layer_check_finds_an_upward_import(tmp_path):
+    pkg = tmp_path / "film"
+    (pkg / "common").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "common" / "__init__.py").write_text("")
+    (pkg / "api.py").write_text("def available_memory():\n    return 0\n")
+    (pkg / "common" / "training.py").write_text("def plan():\n    from film.api import available_memory\n")
+    assert upward_imports(import_graph(str(tmp_path))) == [("film.common.training", "film.api")]

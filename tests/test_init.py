@@ -4,8 +4,6 @@ default initialisation of the official layers and against the other backend."""
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pytest
 
@@ -43,9 +41,9 @@ def test_same_seed_same_weights_and_step0_loss_in_both_frameworks(tb, jb, capsys
     Jittor trainer says, before its first step, that Jittor may compile for minutes: no silent stretch.)"""
     from film.backends.jittor.train import Trainer as JT
     from film.backends.torch.train import Trainer as TT
+    from film.common.training import StepConfig
 
-    cfg = types.SimpleNamespace(init=None, seed=11, lr=1e-4, step_size=10, gamma=0.6, grad_weight=20.0,
-                                ssim_weight=0.0, recompute="none", fast=None, heap_reuse=False, micro_batch=None)
+    cfg = StepConfig(seed=11, lr=1e-4, step_size=10, gamma=0.6, recompute="none", heap_reuse=False)
     t, j = TT("cpu", TINY), JT("cpu", TINY)
     t.setup(cfg)
     j.setup(cfg)

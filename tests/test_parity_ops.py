@@ -36,6 +36,7 @@ def test_resize_backends(tb, jb, rng, shape, size):
     import torch
     import torch.nn.functional as F
 
+    from film.backends.jittor import kernels as jk
     from film.backends.jittor import ops as jops
     from film.backends.torch import ops as tops
 
@@ -48,7 +49,7 @@ def test_resize_backends(tb, jb, rng, shape, size):
     t = tops.resize_nearest(torch.from_numpy(x).contiguous(memory_format=torch.channels_last), size)
     assert t.is_contiguous(memory_format=torch.channels_last)
     np.testing.assert_array_equal(t.numpy(), ref)
-    with jops.layout(True):
+    with jk.layout(True):
         j = jops.resize_nearest(jt.array(x.transpose(0, 2, 3, 1).copy()), size).numpy()
     np.testing.assert_array_equal(j.transpose(0, 3, 1, 2), ref)
 
@@ -124,6 +125,7 @@ def test_mdta_products_match_the_official_formula(tb, jb, rng, fast):
     import jittor as jt
     import torch
 
+    from film.backends.jittor import kernels as jk
     from film.backends.jittor import model as jm
     from film.backends.jittor import ops as jops
     from film.backends.torch import ops as tops
@@ -148,7 +150,7 @@ def test_mdta_products_match_the_official_formula(tb, jb, rng, fast):
     assert not fast or out.is_contiguous(memory_format=torch.channels_last)
     close(out.numpy(), out_ref, 2e-5, "torch attend_project")
 
-    if fast and jops.onednn() is None:
+    if fast and jk.onednn() is None:
         pytest.skip("the NHWC Jittor layout needs oneDNN")
     jconv = jm.Conv2d(c, c, 1)
     jconv.weight.update(jt.array(weight))
@@ -157,7 +159,7 @@ def test_mdta_products_match_the_official_formula(tb, jb, rng, fast):
     def j(x):
         return jt.array(x.transpose(0, 2, 3, 1).copy() if fast else x)
 
-    with jops.layout(fast), jt.no_grad():
+    with jk.layout(fast), jt.no_grad():
         jcos = jops.qk_cosine(j(qk), heads, 1e-12).numpy()
         jout = jops.attend_project(jt.array(attn), j(v), jconv).numpy()
     close(jcos, cos_ref, 2e-6, "jittor qk_cosine")
@@ -172,6 +174,7 @@ def test_conv_split_is_the_official_chunk(tb, jb, rng, fast):
     import torch
     import torch.nn.functional as F
 
+    from film.backends.jittor import kernels as jk
     from film.backends.jittor import model as jm
     from film.backends.jittor import ops as jops
     from film.backends.torch import ops as tops
@@ -196,12 +199,12 @@ def test_conv_split_is_the_official_chunk(tb, jb, rng, fast):
         assert not fast or got.is_contiguous(memory_format=torch.channels_last)
         close(got.numpy(), want, 1e-5, "torch conv_split")
 
-    if fast and jops.onednn() is None:
+    if fast and jk.onednn() is None:
         pytest.skip("the NHWC Jittor layout needs oneDNN")
     jp, jd = jm.Conv2d(8, 12, 1, bias=False), jm.Conv2d(12, 12, 3, padding=1, groups=12, bias=False)
     jp.weight.update(jt.array(pw))
     jd.weight.update(jt.array(dw))
-    with jops.layout(fast), jt.no_grad():
+    with jk.layout(fast), jt.no_grad():
         jparts = [p.numpy() for p in jops.conv_split(jt.array(x.transpose(0, 2, 3, 1).copy() if fast else x), jp, jd, sizes)]
     for got, want in zip(jparts, refs):
         close(got.transpose(0, 3, 1, 2) if fast else got, want, 1e-5, "jittor conv_split")
@@ -213,6 +216,7 @@ def test_qk_cosine_long_axis_nhwc(tb, jb, rng):
     import jittor as jt
     import torch
 
+    from film.backends.jittor import kernels as jk
     from film.backends.jittor import ops as jops
     from film.backends.torch import ops as tops
 
@@ -225,8 +229,8 @@ def test_qk_cosine_long_axis_nhwc(tb, jb, rng):
         nhwc = tops.qk_cosine(torch.from_numpy(qk).contiguous(memory_format=torch.channels_last), 4, 1e-12).numpy()
     err_official = float(np.abs(official_order - cos_ref).max())
     close(nhwc, cos_ref, max(2 * err_official, 1e-6), "torch channels_last")
-    if jops.onednn() is not None:
-        with jops.layout(True), jt.no_grad():
+    if jk.onednn() is not None:
+        with jk.layout(True), jt.no_grad():
             j = jops.qk_cosine(jt.array(qk.transpose(0, 2, 3, 1).copy()), 4, 1e-12).numpy()
         close(j, cos_ref, max(2 * err_official, 1e-6), "jittor NHWC")
 
@@ -236,9 +240,9 @@ def test_jittor_nhwc_depthwise_kernel_matches_torch(tb, jb, rng):
     import torch
     import torch.nn.functional as F
 
-    from film.backends.jittor import ops as jops
+    from film.backends.jittor import kernels as jk
 
-    if jops.onednn() is None:
+    if jk.onednn() is None:
         pytest.skip("the NHWC Jittor layout needs oneDNN")
     for shape, with_bias in (((2, 24, 19, 31), True), ((1, 40, 1, 7), False), ((1, 8, 5, 1), True)):
         c = shape[1]
@@ -247,8 +251,8 @@ def test_jittor_nhwc_depthwise_kernel_matches_torch(tb, jb, rng):
         b = rng.standard_normal(c).astype(np.float32) if with_bias else None
         ref = F.conv2d(torch.from_numpy(x).double(), torch.from_numpy(w).double(),
                        None if b is None else torch.from_numpy(b).double(), padding=1, groups=c).numpy()
-        with jops.layout(True), jt.no_grad():
-            y = jops.conv2d_onednn(jt.array(x.transpose(0, 2, 3, 1).copy()), jt.array(w),
+        with jk.layout(True), jt.no_grad():
+            y = jk.conv2d_onednn(jt.array(x.transpose(0, 2, 3, 1).copy()), jt.array(w),
                                    None if b is None else jt.array(b), 1, c).numpy()
         close(y.transpose(0, 3, 1, 2), ref, 1e-5, f"depth-wise NHWC {shape}")
 
@@ -295,16 +299,16 @@ def test_jittor_conv_fast_paths_match_torch_conv(tb, jb, rng):
     import torch
     import torch.nn.functional as F
 
-    from film.backends.jittor import ops as jops
+    from film.backends.jittor import kernels as jk
 
     x = rng.standard_normal((2, 24, 19, 31)).astype(np.float32)
     w1 = rng.standard_normal((40, 24, 1, 1)).astype(np.float32)
     b1 = rng.standard_normal(40).astype(np.float32)
     ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(w1), torch.from_numpy(b1)).numpy()
-    close(jops.conv1x1(jt.array(x), jt.array(w1), jt.array(b1)).numpy(), ref, 1e-5, "conv1x1")
+    close(jk.conv1x1(jt.array(x), jt.array(w1), jt.array(b1)).numpy(), ref, 1e-5, "conv1x1")
     wd = rng.standard_normal((24, 1, 3, 3)).astype(np.float32)
     ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(wd), padding=1, groups=24).numpy()
-    close(jops.depthwise3x3(jt.array(x), jt.array(wd), None).numpy(), ref, 1e-5, "depthwise3x3")
+    close(jk.depthwise3x3(jt.array(x), jt.array(wd), None).numpy(), ref, 1e-5, "depthwise3x3")
 
 
 def test_torch_caches_survive_inference_then_training(tb):
@@ -339,9 +343,9 @@ def test_onednn_conv_forward_and_gradients_match_torch(tb, jb, rng, cin, cout, k
     import torch
     import torch.nn.functional as F
 
-    from film.backends.jittor import ops as jops
+    from film.backends.jittor import kernels as jk
 
-    if jops.onednn() is None:
+    if jk.onednn() is None:
         pytest.skip("Jittor runs without oneDNN here (film.backends.jittor.runtime.onednn_status())")
     x = rng.standard_normal((2, cin, 23, 37)).astype(np.float32)
     w = rng.standard_normal((cout, cin // groups, k, k)).astype(np.float32) / k
@@ -351,7 +355,7 @@ def test_onednn_conv_forward_and_gradients_match_torch(tb, jb, rng, cin, cout, k
     ty = F.conv2d(tx, tw, tbias, padding=pad, groups=groups)
     (ty * torch.from_numpy(g)).sum().backward()
     jx, jw, jbias = jt.array(x), jt.array(w), jt.array(b)
-    jy = jops.conv2d_onednn(jx, jw, jbias, pad, groups)
+    jy = jk.conv2d_onednn(jx, jw, jbias, pad, groups)
     dx, dw, db = jt.grad((jy * jt.array(g)).sum(), [jx, jw, jbias])
 
     def rel(x, ref, what):  # float32 sums of up to ~1700 terms: judged relative to the result's scale
@@ -365,16 +369,16 @@ def test_onednn_conv_forward_and_gradients_match_torch(tb, jb, rng, cin, cout, k
 
 
 def test_onednn_bmm_forward_and_gradients(tb, jb, rng):
-    """ops.bmm (one oneDNN sgemm per batch entry) against numpy float64, values and gradients."""
+    """kernels.bmm (one oneDNN sgemm per batch entry) against numpy float64, values and gradients."""
     import jittor as jt
 
-    from film.backends.jittor import ops as jops
+    from film.backends.jittor import kernels as jk
 
     a = rng.standard_normal((2, 3, 5, 70)).astype(np.float32)
     b = rng.standard_normal((2, 3, 70, 11)).astype(np.float32)
     g = rng.standard_normal((2, 3, 5, 11)).astype(np.float32)
     ja, jb_ = jt.array(a), jt.array(b)
-    y = jops.bmm(ja, jb_)
+    y = jk.bmm(ja, jb_)
     da, db = jt.grad((y * jt.array(g)).sum(), [ja, jb_])
     a64, b64, g64 = (v.astype(np.float64) for v in (a, b, g))
     close(y.numpy(), a64 @ b64, 1e-5, "bmm")
@@ -439,8 +443,8 @@ def test_jittor_without_onednn_still_matches_torch(tb, tmp_path):
         "from film.common.init import random_state_dict\n"
         "from film.common.spec import TINY\n"
         "jb, tb = get_backend('jittor', 'cpu'), get_backend('torch', 'cpu')\n"
-        "from film.backends.jittor import runtime, ops\n"
-        "assert ops.onednn() is None, 'oneDNN loaded despite use_mkl=0'\n"
+        "from film.backends.jittor import runtime, kernels\n"
+        "assert kernels.onednn() is None, 'oneDNN loaded despite use_mkl=0'\n"
         "sd = random_state_dict(TINY, seed=3); rng = np.random.default_rng(0)\n"
         "a, b = rng.random((2, 1, 1, 17, 23), dtype=np.float32)\n"
         "t = rng.standard_normal((1, 5, TINY.text_dim)).astype(np.float32)\n"
@@ -482,9 +486,9 @@ def test_jittor_nhwc_depthwise_gradients(tb, jb, rng):
     float64 sums over ~10^5 pixels per channel) against torch float64 autograd of the NCHW convolution."""
     import torch.nn.functional as F
 
-    from film.backends.jittor import ops as jops
+    from film.backends.jittor import kernels as jk
 
-    if jops.onednn() is None:
+    if jk.onednn() is None:
         pytest.skip("the NHWC Jittor layout needs oneDNN")
     for shape in ((2, 130, 191, 16), (1, 7, 1, 8), (1, 1, 9, 4)):
         c = shape[3]
@@ -494,8 +498,8 @@ def test_jittor_nhwc_depthwise_gradients(tb, jb, rng):
         g = rng.standard_normal(shape).astype(np.float32)
 
         def jfn(x, w, b):
-            with jops.layout(True):
-                return jops.depthwise3x3_nhwc(x, w, b)
+            with jk.layout(True):
+                return jk.depthwise3x3_nhwc(x, w, b)
 
         def tfn(x, w, b, c=c):
             return F.conv2d(x.permute(0, 3, 1, 2), w, b, padding=1, groups=c).permute(0, 2, 3, 1)
@@ -505,25 +509,30 @@ def test_jittor_nhwc_depthwise_gradients(tb, jb, rng):
 
 def test_jittor_training_softmax_and_products(tb, jb, rng):
     """The compiled row softmax with its backward, the float64-summed gram P^T P and the per-sample sgemm
-    products (ops._Gram, _Bmm, _RowsTimesMatT), values and gradients, against torch float64 autograd."""
+    products (kernels.gram_f64 and batched_sgemm with each transpose), values and gradients, against torch float64 autograd."""
     import torch
 
+    from film.backends.jittor import kernels as jk
     from film.backends.jittor import ops as jops
 
     x = (5 * rng.standard_normal((2, 3, 13824))).astype(np.float32)
     _grads_vs_torch64(jops.softmax, lambda t: torch.softmax(t, -1), [x], rng.standard_normal(x.shape).astype(np.float32),
                       "softmax rows")
-    if jops.onednn() is None:
+    if jk.onednn() is None:
         pytest.skip("the sgemm paths need oneDNN")
     p = rng.standard_normal((2, 9000, 12)).astype(np.float32)
-    _grads_vs_torch64(lambda t: jops._Gram.apply(t).float32(), lambda t: t.transpose(1, 2) @ t, [p],
+    _grads_vs_torch64(lambda t: jk.gram_f64(t).float32(), lambda t: t.transpose(1, 2) @ t, [p],
                       rng.standard_normal((2, 12, 12)).astype(np.float32), "gram")
     a, b = rng.standard_normal((3, 149, 32)).astype(np.float32), rng.standard_normal((3, 32, 700)).astype(np.float32)
-    _grads_vs_torch64(jops._Bmm.apply, lambda s, t: s @ t, [a, b], rng.standard_normal((3, 149, 700)).astype(np.float32),
+    _grads_vs_torch64(jk.batched_sgemm, lambda s, t: s @ t, [a, b], rng.standard_normal((3, 149, 700)).astype(np.float32),
                       "bmm")
     m = rng.standard_normal((2, 24, 12)).astype(np.float32)
-    _grads_vs_torch64(jops._RowsTimesMatT.apply, lambda s, t: s @ t.transpose(1, 2), [p, m],
+    _grads_vs_torch64(lambda s, t: jk.batched_sgemm(s, t, trans_b=True), lambda s, t: s @ t.transpose(1, 2), [p, m],
                       rng.standard_normal((2, 9000, 24)).astype(np.float32), "rows x mat^T")
+    at, bt = np.ascontiguousarray(a.transpose(0, 2, 1)), np.ascontiguousarray(b.transpose(0, 2, 1))
+    _grads_vs_torch64(lambda s, t: jk.batched_sgemm(s, t, trans_a=True, trans_b=True),
+                      lambda s, t: s.transpose(1, 2) @ t.transpose(1, 2), [at, bt],
+                      rng.standard_normal((3, 149, 700)).astype(np.float32), "a^T b^T")
 
 
 def test_index_caches_are_bounded(tb, jb, rng):

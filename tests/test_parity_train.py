@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import types
+from dataclasses import replace
 
 import h5py
 import numpy as np
@@ -16,7 +16,7 @@ from film.common import loss as L
 from film.common.images import read_gray, samples_root
 from film.common.init import random_state_dict
 from film.common.spec import TINY, param_schema
-from film.common.training import TrainConfig, epoch_batches, lr_at, train
+from film.common.training import RunConfig, StepConfig, epoch_batches, lr_at, train
 
 
 def _batch(text_dim=TINY.text_dim, h=20, w=27):
@@ -29,7 +29,7 @@ def _batch(text_dim=TINY.text_dim, h=20, w=27):
     return A.astype(np.float32), B.astype(np.float32), T
 
 
-CFG = types.SimpleNamespace(grad_weight=20.0, ssim_weight=0.0, lr=1e-3, step_size=2, gamma=0.6, seed=0)
+CFG = StepConfig(grad_weight=20.0, ssim_weight=0.0, lr=1e-3, step_size=2, gamma=0.6, seed=0, heap_reuse=False)
 
 
 def test_loss_matches_numpy_restatement(tb):
@@ -88,7 +88,7 @@ def test_lplssim_loss_matches_numpy_restatement(tb, jb):
 
     A, B, _ = _batch()
     F_ = np.random.default_rng(2).random(A.shape).astype(np.float32)
-    cfg = types.SimpleNamespace(**{**vars(CFG), "ssim_weight": 1.0})
+    cfg = replace(CFG, ssim_weight=1.0)
     weight = int(np.sqrt(A.shape[-2] * A.shape[-1]))
     want = _lplssim_numpy(A, F_, weight) + _lplssim_numpy(B, F_, weight)
     _, pt = tloss(*(torch.from_numpy(x) for x in (A, B, F_)), cfg)
@@ -213,7 +213,7 @@ def test_loss_and_gradients_match(tb, jb, ssim_weight, recompute, fast):
 
     from film.backends.jittor.train import compute_loss as jloss
 
-    cfg = types.SimpleNamespace(**{**vars(CFG), "ssim_weight": ssim_weight, "recompute": recompute, "fast": fast})
+    cfg = replace(CFG, ssim_weight=ssim_weight, recompute=recompute, fast=fast)
     sd = random_state_dict(TINY, seed=11)
     t, j = _trainers(tb, jb, sd, cfg)
     A, B, T = _batch()
@@ -243,7 +243,7 @@ def test_three_adam_steps_with_scheduler(tb, jb):
     from film.backends.torch.train import compute_loss as tloss
     from film.common.spec import OFFICIAL_RECIPE
 
-    cfg = types.SimpleNamespace(**{**vars(CFG), "lr": 1e-5})
+    cfg = replace(CFG, lr=1e-5)
     sd = random_state_dict(TINY, seed=12)
     t, j = _trainers(tb, jb, sd)
     m64 = tb.build_model(TINY, sd, "cpu").double().train()
@@ -258,7 +258,7 @@ def test_three_adam_steps_with_scheduler(tb, jb):
     g64: dict = {}
     steps = 3
     for epoch in range(steps):  # step_size 2: the LR drops before the third step
-        lr = lr_at(TrainConfig(h5="", lr=cfg.lr, step_size=cfg.step_size, gamma=cfg.gamma), epoch)
+        lr = lr_at(StepConfig(lr=cfg.lr, step_size=cfg.step_size, gamma=cfg.gamma), epoch)
         t.set_lr(lr)
         j.set_lr(lr)
         for g in opt64.param_groups:
@@ -331,15 +331,12 @@ def test_resume_reproduces_uninterrupted_run(request, tmp_path, backend, exact):
     save_file(dict(random_state_dict(TINY, seed=4)), str(init))
 
     def cfg(**kw):
-        return TrainConfig(
+        return RunConfig(
             h5=str(h5),
+            step=StepConfig(batch_size=2, lr=1e-3, step_size=2, gamma=0.5),
             backend=backend,
             out=str(tmp_path / kw.pop("out")),
             epochs=kw.pop("epochs", 3),
-            batch_size=2,
-            lr=1e-3,
-            step_size=2,
-            gamma=0.5,
             device="cpu",
             **kw,
         )
@@ -379,7 +376,7 @@ def test_official_checkpoint_layout_from_training(tb, tmp_path):
     h5 = tmp_path / "d.h5"
     _tiny_h5(h5)
     run = train(
-        TrainConfig(h5=str(h5), out=str(tmp_path), epochs=1, batch_size=2, device="cpu"),
+        RunConfig(h5=str(h5), out=str(tmp_path), epochs=1, device="cpu"),
         make_trainer("torch", "cpu", TINY),
     )
     ck = torch.load(os.path.join(run, "model", "ckpt_1.pth"), weights_only=True)
@@ -402,14 +399,14 @@ def test_nan_loss_stops_with_message(tb, tmp_path):
     trainer = make_trainer("torch", "cpu", TINY)
     setup = trainer.setup
 
-    def poisoned(cfg):
-        setup(cfg)
+    def poisoned(cfg, init=None):
+        setup(cfg, init)
         with torch.no_grad():
             trainer.model.conv2.bias.fill_(float("nan"))
 
     trainer.setup = poisoned
     with pytest.raises(FilmError, match="loss became nan"):
-        train(TrainConfig(h5=str(h5), out=str(tmp_path), epochs=1, batch_size=2, device="cpu"), trainer)
+        train(RunConfig(h5=str(h5), out=str(tmp_path), epochs=1, device="cpu"), trainer)
 
 
 @pytest.mark.slow

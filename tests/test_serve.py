@@ -42,7 +42,7 @@ def encoder(tmp_path_factory):
 def server(encoder, tb):
     from film.serve import serve
 
-    app, url = serve("random", "torch", encoder, None, "127.0.0.1", _free_port(), "cpu", block=False)
+    app, url = serve("random", backend="torch", encoder=encoder, port=_free_port(), device="cpu", block=False)
     yield url, app
     app.close()
     shutil.rmtree(app.film_workdir, ignore_errors=True)

@@ -13,7 +13,7 @@ import pytest
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
-from film.cli import main  # noqa: E402
+from conftest import run_cli as run  # noqa: E402
 
 WORDS = (
     "the a an of and in is image infrared visible bright dark person people car road tree sky building light scene "
@@ -95,13 +95,6 @@ def pairs_images(tmp_path):
         cv2.imwrite(str(tmp_path / "img" / sub / "p1.png"), img[:40, :48])
         cv2.imwrite(str(tmp_path / "img" / sub / "p2.png"), img[50:90, 60:108])
     return tmp_path / "img" / "ir", tmp_path / "img" / "vi"
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    assert "Traceback" not in out.out + out.err
-    return code, out.out + out.err
 
 
 def test_film_text_matches_direct_encoding(capsys, tmp_path, encoder, text_dirs):

@@ -5,7 +5,7 @@ in float64, and Jittor's gradients in every configuration stay within float32 ro
 
 from __future__ import annotations
 
-import types
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +13,7 @@ from test_parity_train import CFG, _batch, _float64_reference, _judge
 
 from film.common.init import random_state_dict
 from film.common.spec import TINY, param_schema
-from film.common.training import StepPlan, TrainConfig, plan_step
+from film.common.training import StepConfig, StepPlan, plan_step
 from film.errors import FilmError
 
 
@@ -41,7 +41,7 @@ def test_recompute_runs_the_forward_again(request, backend, mode, attn_calls, br
     backward pass: counted per step on every such module."""
     impl = request.getfixturevalue("tb" if backend == "torch" else "jb")
     trainer = impl.make_trainer("cpu", TINY)
-    trainer.build(types.SimpleNamespace(**{**vars(CFG), "recompute": mode}), random_state_dict(TINY, seed=3))
+    trainer.build(replace(CFG, recompute=mode), random_state_dict(TINY, seed=3))
     counts = _counting(trainer.model, {"Attention", "imagefeature2textfeature"})
     trainer.gradients(*_batch(), CFG)
     blocks = 2 * TINY.num_cablocks + 3
@@ -55,7 +55,7 @@ def test_torch_recompute_is_bit_identical(tb):
     res = {}
     for mode in ("none", "blocks", "all"):
         tr = tb.make_trainer("cpu", TINY)
-        tr.build(types.SimpleNamespace(**{**vars(CFG), "recompute": mode}), sd)
+        tr.build(replace(CFG, recompute=mode), sd)
         res[mode] = tr.gradients(A, B, T, CFG)
     for mode in ("blocks", "all"):
         assert res[mode][0] == res["none"][0]
@@ -73,10 +73,10 @@ def test_torch_micro_batches_equal_the_whole_batch_in_float64(tb):
     grads = {}
     for micro in (None, 1, 3):
         tr = tb.make_trainer("cpu", TINY)
-        tr.build(types.SimpleNamespace(**{**vars(CFG), "fast": False, "micro_batch": micro}), sd)
+        tr.build(replace(CFG, fast=False, micro_batch=micro), sd)
         tr.model.double()
         tr._inputs = lambda a, b, t, dtype=None, _tr=tr: tuple(torch.from_numpy(x).double() for x in (a, b, t))
-        loss, parts, fused = tr.step(A, B, T, types.SimpleNamespace(**{**vars(CFG), "micro_batch": micro}))
+        loss, parts, fused = tr.step(A, B, T, replace(CFG, micro_batch=micro))
         assert fused.shape == A.shape
         grads[micro] = (loss, {k: p.grad.numpy().copy() for k, p in tr.model.named_parameters()})
     for micro in (1, 3):
@@ -91,7 +91,7 @@ def test_jittor_micro_batches_within_float32_rounding(tb, jb):
     has, judged against the float64 gradient exactly as the whole-batch gradient is."""
     A, B, T = _batch()
     sd = random_state_dict(TINY, seed=11)
-    cfg = types.SimpleNamespace(**{**vars(CFG), "micro_batch": 1})
+    cfg = replace(CFG, micro_batch=1)
     ref = _float64_reference(tb, sd, A, B, T, cfg)
     tr = jb.make_trainer("cpu", TINY)
     tr.build(cfg, sd)
@@ -117,7 +117,7 @@ class _FakeBackend:
 @pytest.fixture
 def memory(monkeypatch):
     def set_gib(gib):
-        monkeypatch.setattr("film.api.available_memory", lambda: int(gib * 2**30))
+        monkeypatch.setattr("film.common.memory.available_memory", lambda: int(gib * 2**30))
 
     monkeypatch.delenv("FILM_SKIP_MEMORY_CHECK", raising=False)
     monkeypatch.delenv("FILM_HEAP", raising=False)
@@ -127,12 +127,12 @@ def memory(monkeypatch):
 def test_plan_prefers_heap_reuse_then_whole_batches(memory):
     memory(21.9)
     be = _FakeBackend()
-    p = plan_step(be, TrainConfig(h5=""), 8, 288, 384, "cpu")
+    p = plan_step(be, StepConfig(), 8, 288, 384, "cpu")
     assert (p.micro_batch, p.heap_reuse, p.recompute) == (8, True, "all")  # 1 + 8 x 2 = 17 GiB
-    p = plan_step(be, TrainConfig(h5="", batch_size=16), 16, 288, 384, "cpu")
+    p = plan_step(be, StepConfig(batch_size=16), 16, 288, 384, "cpu")
     assert (p.micro_batch, p.heap_reuse) == (10, True)  # 1 + 10 x 2 = 21 GiB
     memory(2.5)
-    p = plan_step(be, TrainConfig(h5=""), 2, 288, 384, "cpu")
+    p = plan_step(be, StepConfig(), 2, 288, 384, "cpu")
     assert (p.micro_batch, p.heap_reuse) == (1, False)  # heap reuse needs 3 GiB for one sample
     assert "micro-batches of 1" in p.describe(2) and "heap reuse off" in p.describe(2)
 
@@ -141,35 +141,35 @@ def test_plan_refuses_in_one_line_naming_what_fits(memory):
     be = _FakeBackend()
     memory(6)
     with pytest.raises(FilmError, match="--micro-batch 5") as e:
-        plan_step(be, TrainConfig(h5="", micro_batch=8), 8, 288, 384, "cpu")
+        plan_step(be, StepConfig(micro_batch=8), 8, 288, 384, "cpu")
     assert "\n" not in str(e.value) and "GiB" in str(e.value)
     memory(4)
     with pytest.raises(FilmError, match="--recompute all"):
-        plan_step(be, TrainConfig(h5="", recompute="none", micro_batch=2), 2, 288, 384, "cpu")
+        plan_step(be, StepConfig(recompute="none", micro_batch=2), 2, 288, 384, "cpu")
     memory(1.5)
     with pytest.raises(FilmError, match="smaller images"):
-        plan_step(be, TrainConfig(h5=""), 2, 288, 384, "cpu")
+        plan_step(be, StepConfig(), 2, 288, 384, "cpu")
     memory(2.5)  # with the LpLssim term the batch cannot be split: a smaller batch is named instead
     with pytest.raises(FilmError, match="--batch-size 1"):
-        plan_step(be, TrainConfig(h5="", ssim_weight=1.0), 2, 288, 384, "cpu")
+        plan_step(be, StepConfig(ssim_weight=1.0), 2, 288, 384, "cpu")
 
 
 def test_plan_without_a_memory_reading(memory, monkeypatch):
-    monkeypatch.setattr("film.api.available_memory", lambda: None)
-    p = plan_step(_FakeBackend(), TrainConfig(h5="", micro_batch=3), 8, 288, 384, "cpu")
+    monkeypatch.setattr("film.common.memory.available_memory", lambda: None)
+    p = plan_step(_FakeBackend(), StepConfig(micro_batch=3), 8, 288, 384, "cpu")
     assert p == StepPlan(3, "all", True)
 
 
 def test_train_memory_constants_match_the_measurement(tb, jb):
-    """Each backend's train_memory equals the line fit committed in benchmarks/results (film bench
-    --train-memory), with at most 15 % of margin, for every recompute mode and heap policy."""
+    """Each backend's train_memory equals the line fit committed in benchmarks/results
+    (scripts/calibrate_train_memory.py), with at most 15 % of margin, for every recompute mode and heap policy."""
     import glob
     import json
     import os
 
     files = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results",
                                           "*_cpu_train_memory.json")))
-    assert files, "no committed training-memory measurement (film bench --train-memory)"
+    assert files, "no committed training-memory measurement (scripts/calibrate_train_memory.py)"
     fit = json.load(open(files[-1]))["fit"]
     for impl in (tb, jb):
         for mode in ("none", "blocks", "all"):

@@ -15,7 +15,7 @@ Who changes it:
 
 * the ``film`` command line, for its own process, once, at start (``enable_for_process``), and leaves it on;
 * library code only when asked: ``with film.reuse_freed_memory(): ...`` (this module's context manager),
-  ``film.train.train(..., heap_reuse=True)``, or a ``TrainConfig(heap_reuse=True)`` given to a backend's
+  ``film.train.train(..., heap_reuse=True)``, or a ``StepConfig(heap_reuse=True)`` given to a backend's
   Trainer (for the trainer's life). ``Fuser.fuse`` and ``fuse_folder`` never change it themselves: a library
   forward of the torch backend gets the same reuse from its own CPU workspace instead, without touching malloc
   (``film/backends/torch/workspace.py``), so the opt-in is no longer needed for speed.

@@ -97,7 +97,7 @@ TINY = FilmConfig(
 @dataclass(frozen=True)
 class TrainRecipe:
     """Official training hyper-parameters (``train.py`` defaults). The one recipe vocabulary: a run's
-    ``film.common.training.TrainConfig`` takes these values under the same field names (plus run options);
+    ``film.common.training.StepConfig`` takes these values under the same field names (plus how a step runs);
     the Adam constants and ``int_weight`` are fixed by the official recipe. The official loader shuffles and
     drops the last incomplete batch (``film.common.training.epoch_batches``)."""
 

@@ -16,39 +16,109 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 
 from film.common.atomic import guarded_write, make_dirs
 from film.common.data import H5Pairs
 from film.common.images import write_png
-from film.common.spec import CHECKPOINT_KEYS, OFFICIAL_RECIPE
+from film.common.spec import CHECKPOINT_KEYS, OFFICIAL, OFFICIAL_RECIPE, FilmConfig
 from film.errors import FilmError
 
 
-@dataclass
-class TrainConfig:
-    h5: str
-    backend: str = "torch"
-    out: str = "exp"
-    epochs: int | None = None  # None: the official 150, or for --resume the run's own
-    batch_size: int = OFFICIAL_RECIPE.batch_size
+@dataclass(frozen=True)
+class StepConfig:
+    """How one training step runs: the official recipe's values (``OFFICIAL_RECIPE``, same field names) and how
+    the step is executed (recompute, layout, heap, micro-batches: the same numbers either way, docs/training.md).
+    A backend's Trainer reads only this."""
+
+    batch_size: int = OFFICIAL_RECIPE.batch_size  # the global batch (split over the processes of a run)
     lr: float = OFFICIAL_RECIPE.lr
-    step_size: int = OFFICIAL_RECIPE.step_size
+    step_size: int = OFFICIAL_RECIPE.step_size  # StepLR, in epochs
     gamma: float = OFFICIAL_RECIPE.gamma
     grad_weight: float = OFFICIAL_RECIPE.grad_weight
     ssim_weight: float = OFFICIAL_RECIPE.ssim_weight
-    seed: int = 0
-    device: str = "auto"
-    init: str | None = None
-    resume: str | None = None
-    max_steps: int | None = None  # stop early (smoke tests, benchmarks)
-    # how a step runs (the numbers are the same either way; docs/training.md, "Speed and memory"):
+    seed: int = 0  # the init drawn without --init, and the data order
     recompute: str = "auto"  # none | blocks | all (film.common.recompute); auto: the backend's measured default
     fast: bool | None = None  # the backend's fast layout (channels-last); None: the device's default
     heap_reuse: bool = True  # CPU: glibc keeps freed memory for reuse while the trainer lives (film.common.heap)
-    micro_batch: int | None = None  # samples per forward/backward, gradients added up; None: plan_step decides
+    micro_batch: int | None = None  # samples per forward/backward, gradients added up; None: the whole share
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What to train and where: the run around its ``StepConfig``. ``resolve_run`` settles it (the run's own
+    recipe on --resume), ``train`` then runs it; neither changes it afterwards."""
+
+    h5: str
+    step: StepConfig = StepConfig()
+    backend: str = "torch"
+    out: str = "exp"  # the parent folder of run folders
+    epochs: int | None = None  # None: the official 150, or on --resume the run's own (resolve_run settles it)
+    device: str = "auto"
+    init: str | None = None  # start from these weights (any format); None: drawn from step.seed
+    resume: str | None = None  # a run folder to continue
+    max_steps: int | None = None  # stop early (smoke tests, benchmarks)
+
+    def params(self) -> dict:
+        """param.json's recipe: one flat vocabulary, the fields of both configs (film train's flags)."""
+        d = {k: v for k, v in asdict(self).items() if k != "step"}
+        return {**d, **asdict(self.step)}
+
+
+RECIPE_FIELDS = ("batch_size", "lr", "step_size", "gamma", "grad_weight", "ssim_weight", "seed")  # kept on --resume
+
+
+class Run(NamedTuple):
+    """A resolved run (``resolve_run``): the settled config, the network configuration, and, for --resume, the
+    run folder and its param.json as read (once)."""
+
+    cfg: RunConfig
+    model_cfg: FilmConfig
+    run_dir: str | None  # --resume's folder; None for a new run (named when it starts)
+    params: dict | None  # --resume: the run's param.json
+
+
+def resolve_run(cfg: RunConfig, model_cfg: FilmConfig | None = None, *, backend_given: bool = True) -> Run:
+    """Settle a run before anything is built. A new run is checked and returned as it is. For ``cfg.resume``
+    the run folder's param.json is read once: the run's backend (``backend_given``: whether ``cfg.backend`` was
+    asked for; a different one is refused), network configuration (unless ``model_cfg`` is given), H5 (unless
+    given), recipe (RECIPE_FIELDS) and epochs (unless given). ``cfg.epochs`` None becomes the official 150 or the
+    run's own."""
+    if cfg.step.batch_size < 1:
+        raise FilmError("--batch-size must be at least 1")
+    if cfg.epochs is not None and cfg.epochs < 1:
+        raise FilmError("--epochs must be at least 1")
+    if not cfg.step.lr > 0:
+        raise FilmError("--lr must be positive")
+    if cfg.step.micro_batch is not None and cfg.step.micro_batch < 1:
+        raise FilmError("--micro-batch must be at least 1")
+    from film.common.recompute import MODES
+
+    if cfg.step.recompute != "auto" and cfg.step.recompute not in MODES:
+        raise FilmError(f"recompute {cfg.step.recompute!r}: choose auto or one of {', '.join(MODES)}")
+    params = None
+    if cfg.resume:
+        params = read_run_params(cfg.resume)
+        run_backend = params.get("backend", "torch")
+        if backend_given and cfg.backend != run_backend:
+            raise FilmError(f"{cfg.resume}: a {run_backend} run; resume it with --backend {run_backend} (or without "
+                            "--backend), or start a new run from its weights with --init")
+        if model_cfg is None and isinstance(params.get("model_config"), dict):
+            try:
+                model_cfg = FilmConfig.from_dict(params["model_config"])
+            except (TypeError, ValueError) as e:
+                raise FilmError(f"{cfg.resume}: param.json has an unreadable model_config ({e})") from None
+        step = replace(cfg.step, **{k: params[k] for k in RECIPE_FIELDS if k in params})
+        cfg = replace(cfg, backend=run_backend, step=step, h5=cfg.h5 or params.get("h5") or "",
+                      epochs=cfg.epochs if cfg.epochs is not None else params.get("epochs", OFFICIAL_RECIPE.epochs))
+    if not cfg.h5:
+        raise FilmError("--h5 TRAIN.h5 is required")
+    if cfg.epochs is None:
+        cfg = replace(cfg, epochs=OFFICIAL_RECIPE.epochs)
+    return Run(cfg, model_cfg or OFFICIAL, cfg.resume, params)
 
 
 @dataclass
@@ -81,15 +151,23 @@ def _local_processes() -> int:
 
 def measured_train_memory(table: dict, backend: str, recompute: str, heap_reuse: bool) -> tuple[int, int]:
     """A backend's ``train_memory``: its measured (fixed bytes, bytes per pixel) for this recompute mode and heap
-    policy (its ``TRAIN_MEMORY``, from film bench --train-memory), or one FilmError naming what is missing."""
+    policy (its ``TRAIN_MEMORY``, from scripts/calibrate_train_memory.py), or one FilmError naming what is missing."""
     try:
         return table[(recompute, bool(heap_reuse))]
     except KeyError:
         raise FilmError(f"the {backend} backend has no measured training memory for --recompute {recompute} with "
-                        f"heap reuse {'on' if heap_reuse else 'off'} (film bench --train-memory)") from None
+                        f"heap reuse {'on' if heap_reuse else 'off'} (scripts/calibrate_train_memory.py)") from None
 
 
-def plan_step(be, cfg, batch: int, h: int, w: int, device: str) -> StepPlan:
+def train_memory_need(fixed: int, per_px: int, batch: int, h: int, w: int, token_grid: tuple[int, int]) -> int:
+    """Estimated peak resident memory of a training step: fixed + batch x per-pixel x max(H x W, token grid)
+    (the cross-attention runs on the token grid whatever the image size; scripts/calibrate_train_memory.py measured
+    the two constants, scripts/calibrate_train_memory.py)."""
+    return int(fixed + batch * per_px * max(h * w, token_grid[0] * token_grid[1]))
+
+
+def plan_step(be, cfg: StepConfig, batch: int, h: int, w: int, device: str,
+              token_grid: tuple[int, int] = OFFICIAL.token_grid) -> StepPlan:
     """Pick the micro-batch and the heap policy of a training step so that its estimated peak memory fits.
 
     ``be``: the backend (its ``resolve_recompute`` and measured ``train_memory``: peak resident memory = fixed +
@@ -99,25 +177,23 @@ def plan_step(be, cfg, batch: int, h: int, w: int, device: str) -> StepPlan:
     same mean-loss gradient only when the loss is a mean over samples, i.e. without the LpLssim term (its
     L2 norm is a square root over the whole batch): then the batch runs whole or is refused. An explicit
     ``cfg.micro_batch`` or recompute mode that does not fit is refused with one line naming what fits."""
-    from film.api import available_memory
     from film.common.heap import enabled as heap_enabled
     from film.common.heap import is_on as heap_is_on
+    from film.common.memory import available_memory
 
-    mode = be.resolve_recompute(getattr(cfg, "recompute", "auto"), device)
-    want = getattr(cfg, "micro_batch", None)
+    mode = be.resolve_recompute(cfg.recompute, device)
+    want = cfg.micro_batch
     if want is not None and want < 1:
         raise FilmError("--micro-batch must be at least 1")
-    heap = device == "cpu" and heap_enabled() and (bool(getattr(cfg, "heap_reuse", False)) or heap_is_on())
-    exact = not getattr(cfg, "ssim_weight", 0)
+    heap = device == "cpu" and heap_enabled() and (cfg.heap_reuse or heap_is_on())
+    exact = not cfg.ssim_weight
     avail = available_memory() if device == "cpu" and os.environ.get("FILM_SKIP_MEMORY_CHECK") != "1" else None
     if avail is None:
         return StepPlan(min(batch, want or batch), mode, heap)
     avail //= _local_processes()
-    grid = 288 * 384
 
     def need(m: int, rc: str, hp: bool) -> int:
-        fixed, per_px = be.train_memory(rc, hp)
-        return int(fixed + m * per_px * max(h * w, grid))
+        return train_memory_need(*be.train_memory(rc, hp), m, h, w, token_grid)
 
     sizes = [min(batch, want)] if want else ([batch] if not exact else list(range(batch, 0, -1)))
     for hp in ([True, False] if heap else [False]):
@@ -141,12 +217,12 @@ def plan_step(be, cfg, batch: int, h: int, w: int, device: str) -> StepPlan:
     raise FilmError(msg + return_hint + " (FILM_SKIP_MEMORY_CHECK=1 to try anyway)")
 
 
-def lr_at(cfg: TrainConfig, epoch: int) -> float:
+def lr_at(cfg: StepConfig, epoch: int) -> float:
     """StepLR: lr * gamma ** (epoch // step_size) for 0-based epoch."""
     return cfg.lr * cfg.gamma ** (epoch // cfg.step_size)
 
 
-def steplr_state(cfg, epoch: int) -> dict:
+def steplr_state(cfg: StepConfig, epoch: int) -> dict:
     """The ``lr_schedule1`` a torch ``StepLR`` (step_size, gamma over the recipe's lr) would hold after the
     0-based ``epoch``, i.e. stepped epoch + 1 times, as its ``state_dict()`` (torch 2.x keys); written by both
     backends' checkpoints, so no trainer keeps a scheduler just to serialise it."""
@@ -198,10 +274,11 @@ def load_batch(data: H5Pairs, idx: np.ndarray):
     return a, b, t, [it[3] for it in items]
 
 
-def run_name(cfg: TrainConfig) -> str:
+def run_name(cfg: RunConfig) -> str:
     ts = time.strftime("%y_%m_%d_%H_%M", time.localtime())
-    g = int(cfg.grad_weight) if float(cfg.grad_weight).is_integer() else cfg.grad_weight
-    return f"{ts}_epochs_{cfg.epochs}_lr_{cfg.lr}_stepsize_{cfg.step_size}_bs_{cfg.batch_size}_gradweight_{g}_gamma_{cfg.gamma}"
+    st = cfg.step
+    g = int(st.grad_weight) if float(st.grad_weight).is_integer() else st.grad_weight
+    return f"{ts}_epochs_{cfg.epochs}_lr_{st.lr}_stepsize_{st.step_size}_bs_{st.batch_size}_gradweight_{g}_gamma_{st.gamma}"
 
 
 def read_run_params(run_dir: str) -> dict:
@@ -229,11 +306,11 @@ def resume_state_errors(path: str):
 
 
 def resume_checkpoint(
-    ck: object, path: str, model_cfg, to_numpy=lambda v: v, run_cfg=None
-) -> tuple[dict, TrainConfig]:
-    """The validated weights of a training checkpoint (the official dict layout, either backend) and the
-    recipe its scheduler was built with (lr, StepLR step size and gamma), with the step options (recompute,
-    fast layout, heap reuse) of ``run_cfg`` when given. ``to_numpy`` converts the backend's tensors."""
+    ck: object, path: str, model_cfg, cfg: StepConfig, to_numpy=lambda v: v
+) -> tuple[dict, StepConfig]:
+    """The validated weights of a training checkpoint (the official dict layout, either backend) and ``cfg`` with
+    the schedule the checkpoint's scheduler was built with (lr, StepLR step size and gamma). ``to_numpy``
+    converts the backend's tensors."""
     from film.common.checkpoint import unwrap, validate
 
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(ck, dict) or ck.get(k) is None]
@@ -250,15 +327,8 @@ def resume_checkpoint(
         else:
             group = ck["optimizer1"]["param_groups"][0]
             lr = group.get("initial_lr", group["lr"])
-        recipe = TrainConfig(
-            h5="",
-            lr=float(lr),
-            step_size=int(sched.get("step_size", OFFICIAL_RECIPE.step_size)),
-            gamma=float(sched.get("gamma", OFFICIAL_RECIPE.gamma)),
-        )
-    for k in ("recompute", "fast", "heap_reuse", "seed"):
-        if run_cfg is not None and hasattr(run_cfg, k):
-            setattr(recipe, k, getattr(run_cfg, k))
+        recipe = replace(cfg, lr=float(lr), step_size=int(sched.get("step_size", OFFICIAL_RECIPE.step_size)),
+                         gamma=float(sched.get("gamma", OFFICIAL_RECIPE.gamma)))
     return sd, recipe
 
 
@@ -272,44 +342,73 @@ def latest_checkpoint(run_dir: str, ext: str) -> tuple[str, int] | None:
 
 
 class TrainerBase:
-    """What both backends' Trainers share (the interface: film/backends/base.py ``Trainer``)."""
+    """What both backends' Trainers share (the interface: film/backends/base.py ``Trainer``): the memory plan,
+    the heap policy, the init, and the micro-batch loop of a step. A backend supplies ``_chunk`` (forward and
+    backward of part of a batch) and ``_update`` (the optimizer step), and the rest of the interface."""
 
     rank, world = 0, 1
     _heap = None
     impl = None  # the Backend module, set by its make_trainer
 
-    def hold_heap(self, cfg, on_cpu: bool) -> None:
+    def hold_heap(self, cfg: StepConfig, on_cpu: bool) -> None:
         """With ``cfg.heap_reuse`` on CPU: glibc keeps freed memory for reuse from now until ``close`` (a training
         step frees and allocates the same ~100 MB maps hundreds of times; faulting them in again each time was
         over half of a step, docs/training.md). Process-wide while the trainer lives: see film.common.heap."""
         from film.common.heap import reuse_freed_memory
 
-        if self._heap is None and on_cpu and getattr(cfg, "heap_reuse", False):
+        if self._heap is None and on_cpu and cfg.heap_reuse:
             self._heap = reuse_freed_memory()
             self._heap.__enter__()
 
-    def plan(self, cfg, batch: int, h: int, w: int) -> StepPlan:
+    def plan(self, cfg: StepConfig, batch: int, h: int, w: int) -> StepPlan:
         """plan_step for this trainer's backend and device (``self.impl``: the backend module)."""
         if self.impl is None:
             raise RuntimeError("a Trainer made by its backend's make_trainer knows its backend; this one was not")
-        return plan_step(self.impl, cfg, batch, h, w, self.device_type)
+        return plan_step(self.impl, cfg, batch, h, w, self.device_type, self.model_cfg.token_grid)
 
     def release_heap(self) -> None:
         if self._heap is not None:
             heap, self._heap = self._heap, None
             heap.__exit__(None, None, None)
 
-    def setup(self, cfg) -> None:
-        """Model and optimizer from ``cfg.init`` (any checkpoint format) or random, seeded; a bad --init fails
+    def setup(self, cfg: StepConfig, init: str | None = None) -> None:
+        """Model and optimizer from ``init`` (any checkpoint format) or drawn from ``cfg.seed``; a bad init fails
         here, before a run folder exists."""
         from film.common.checkpoint import load_checkpoint
         from film.common.init import official_init_state_dict
 
-        if cfg.init:
-            init = load_checkpoint(cfg.init, self.model_cfg).state_dict
+        if init:
+            sd = load_checkpoint(init, self.model_cfg).state_dict
         else:  # the same numbers in every backend for the same seed (each framework's own init differs)
-            init = official_init_state_dict(self.model_cfg, seed=cfg.seed)
-        self.build(cfg, init)
+            sd = official_init_state_dict(self.model_cfg, seed=cfg.seed)
+        self.build(cfg, sd)
+
+    def step(self, a: np.ndarray, b: np.ndarray, t: np.ndarray, cfg: StepConfig) -> tuple[float, dict, np.ndarray]:
+        """One optimizer step on the batch (a, b, t): (loss, {term: value}, fused). With ``cfg.micro_batch`` =
+        m < batch, the batch runs in chunks of m whose gradients add up (each chunk's mean loss weighted by its
+        share of the batch: the same mean-loss gradient, since FILM treats samples independently), so memory
+        follows m, not the batch. Under several processes the logged loss is the global batch's."""
+        n = len(a)
+        m = min(n, cfg.micro_batch or n)
+        starts = list(range(0, n, m))
+        total, outs, names = None, [], ()
+        for k, s in enumerate(starts):
+            rep, names, fused = self._chunk(a[s : s + m], b[s : s + m], t[s : s + m], len(a[s : s + m]) / n,
+                                            k == 0, k == len(starts) - 1, cfg)
+            total = rep if total is None else total + rep
+            outs.append(fused)
+        report = self._update(total)
+        return report[0], dict(zip(names, report[1:])), np.concatenate(outs) if len(outs) > 1 else outs[0]
+
+    def _chunk(self, a, b, t, share: float, first: bool, last: bool, cfg: StepConfig):
+        """Forward and backward of one chunk, its loss scaled by ``share`` and added to the gradients (``first``,
+        ``last``: the batch's first and last chunk). Returns (the framework vector [loss, *terms] x share, term names, fused numpy)."""
+        raise NotImplementedError
+
+    def _update(self, total) -> list[float]:
+        """The optimizer step after the chunks; ``total`` (summed ``_chunk`` vectors), averaged over the processes,
+        as floats."""
+        raise NotImplementedError
 
 
 LOSS_RECORD = "losses.jsonl"  # a run folder's per-step record: RunLog writes it, --resume trims it
@@ -355,6 +454,15 @@ class RunLog:
         with guarded_write(self.steps, "the loss record"), open(self.steps, "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def record(self, step: int, epoch: int, batch: int, per_epoch: int, epochs: int, loss: float, parts: dict,
+               lr: float) -> None:
+        """One step: the official log line, its losses.jsonl record (full precision) and TensorBoard scalars."""
+        self.line(f"[Epoch {epoch + 1}/{epochs}] [Batch {batch}/{per_epoch}] [loss: {loss:f}] "
+                  f"[loss_in: {parts['loss_in']:f}] [loss_grad: {parts['loss_grad']:f}] [lr: {lr:g}]")
+        self.step({"step": step, "epoch": epoch + 1, "batch": batch, "loss": loss, **parts, "lr": lr,
+                   "time": time.time()})
+        self.scalars(step, {"loss/total": loss, **{f"loss/{k}": v for k, v in parts.items()}, "lr": lr})
+
     def line(self, msg: str, echo: bool = False) -> None:
         with guarded_write(self.path, "the training log"), open(self.path, "a") as f:
             f.write(msg + "\n")
@@ -395,128 +503,125 @@ def copy_code(run_dir: str, backend: str) -> None:
         f"backends/{backend}/model.py",
         f"backends/{backend}/ops.py",
         f"backends/{backend}/train.py",
+        f"backends/{backend}/kernels.py",  # Jittor's own kernels (torch has none)
     ):
+        if not os.path.isfile(os.path.join(root, rel)):
+            continue
         target = os.path.join(dst, rel.replace("/", "__"))
         with guarded_write(target, "a copy of the code"):
             shutil.copyfile(os.path.join(root, rel), target)
 
 
-def train(cfg: TrainConfig, trainer) -> str:
-    """Run (or resume) training; returns the run folder. ``trainer``: a backend Trainer.
-
-    Under torchrun the trainer has ``world`` > 1: every rank runs this loop on its share of each batch,
-    and only rank 0 writes the run folder (param.json, code/, log, pictures, checkpoints)."""
-    from tqdm import tqdm
-
-    rank, world = getattr(trainer, "rank", 0), getattr(trainer, "world", 1)
-    main = rank == 0
-    if cfg.batch_size % world:
-        raise FilmError(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes")
+def open_data(cfg: RunConfig, trainer) -> tuple[H5Pairs, int, int]:
+    """The run's H5, checked against the network and the batch: (data, largest H, largest W)."""
+    world = trainer.world
+    if cfg.step.batch_size % world:
+        raise FilmError(f"--batch-size {cfg.step.batch_size} is not divisible by the {world} processes")
     data = H5Pairs(cfg.h5)
-    sizes = data.check(trainer.model_cfg.text_dim)
-    if cfg.batch_size > 1 and len(set(sizes.values())) > 1:
-        raise FilmError(
-            f"{cfg.h5}: samples of {len(set(sizes.values()))} different sizes cannot be batched by {cfg.batch_size}: "
-            "use --batch-size 1 or an H5 made with film prepare --small"
-        )
-    if len(data) < cfg.batch_size:
-        raise FilmError(
-            f"{cfg.h5}: {len(data)} samples, fewer than one batch of {cfg.batch_size} (drop_last)"
-        )
-    start_epoch, step = 0, 0
-    saved_epochs = None
-    if cfg.resume:
-        saved = read_run_params(cfg.resume)
-        for k in ("batch_size", "lr", "step_size", "gamma", "grad_weight", "ssim_weight", "seed"):
-            setattr(cfg, k, saved.get(k, getattr(cfg, k)))
-        saved_epochs = saved.get("epochs")
-        if cfg.epochs is None:
-            cfg.epochs = saved_epochs
-    if cfg.epochs is None:
-        cfg.epochs = OFFICIAL_RECIPE.epochs
+    try:
+        sizes = data.check(trainer.model_cfg.text_dim)
+        if cfg.step.batch_size > 1 and len(set(sizes.values())) > 1:
+            raise FilmError(
+                f"{cfg.h5}: samples of {len(set(sizes.values()))} different sizes cannot be batched by "
+                f"{cfg.step.batch_size}: use --batch-size 1 or an H5 made with film prepare --small")
+        if len(data) < cfg.step.batch_size:
+            raise FilmError(f"{cfg.h5}: {len(data)} samples, fewer than one batch of {cfg.step.batch_size} (drop_last)")
+    except BaseException:
+        data.close()
+        raise
     h, w = (max(s[i] for s in sizes.values()) for i in (0, 1))
-    plan = trainer.plan(cfg, cfg.batch_size // world, h, w)  # refuses, in one line, a step that cannot fit
-    cfg.micro_batch, cfg.heap_reuse, cfg.recompute = plan.micro_batch, plan.heap_reuse, plan.recompute
-    if cfg.resume:
-        run_dir = cfg.resume
+    return data, h, w
+
+
+def start_run(run: Run, trainer, h: int, w: int) -> tuple[RunConfig, str, int, int]:
+    """Plan the step for this machine (one line refuses a step that cannot fit), then build the trainer: from
+    the newest checkpoint of ``run.run_dir`` (--resume), or new (its init, a new run folder with param.json and
+    code/). Returns (the config as planned, run folder, first epoch, first step)."""
+    cfg, main = run.cfg, trainer.rank == 0
+    plan = trainer.plan(cfg.step, cfg.step.batch_size // trainer.world, h, w)
+    cfg = replace(cfg, step=replace(cfg.step, micro_batch=plan.micro_batch, heap_reuse=plan.heap_reuse,
+                                    recompute=plan.recompute))
+    if run.run_dir:
+        run_dir = run.run_dir
         found = latest_checkpoint(run_dir, trainer.ext)
         if found is None:
             raise FilmError(f"{run_dir}: no model/ckpt_<epoch>{trainer.ext} to resume from")
-        state = trainer.load_resume(found[0], cfg)
+        state = trainer.load_resume(found[0], cfg.step)
         start_epoch, step = state["epoch"] + 1, state["step"]
-        if main:
-            drop_records_after(run_dir, step)
         if start_epoch >= cfg.epochs:
             raise FilmError(f"{run_dir}: already trained {start_epoch} of {cfg.epochs} epochs: pass --epochs N with "
                             f"N > {start_epoch} to train it further (the StepLR schedule continues)")
-        if main and saved_epochs is not None and cfg.epochs != saved_epochs:
-            from film.common.atomic import atomic_write_bytes
-
-            params = {**read_run_params(run_dir), "epochs": cfg.epochs}
-            atomic_write_bytes(os.path.join(run_dir, "param.json"), json.dumps(params, indent=2).encode())
-            print(f"film train: {run_dir}: {saved_epochs} -> {cfg.epochs} epochs", file=sys.stderr, flush=True)
-    else:
-        trainer.setup(cfg)  # a bad --init fails here, before a run folder exists
-        run_dir = os.path.join(cfg.out, run_name(cfg))
-        if world > 1:
-            run_dir = trainer.share(run_dir)  # the name holds a timestamp: take rank 0's
+        saved_epochs = run.params.get("epochs")
         if main:
-            make_dirs(os.path.join(run_dir, "model"), "run folder")
-            # one vocabulary: TrainConfig's field names, which are film train's flags and what --resume reads
-            # back (the official param.json's epoch/optim_step/optim_gamma/gradweight are epochs/step_size/
-            # gamma/grad_weight here; docs/training.md, "Run folder")
+            drop_records_after(run_dir, step)
+            if saved_epochs is not None and cfg.epochs != saved_epochs:
+                write_params(run_dir, {**run.params, "epochs": cfg.epochs})
+                print(f"film train: {run_dir}: {saved_epochs} -> {cfg.epochs} epochs", file=sys.stderr, flush=True)
+    else:
+        trainer.setup(cfg.step, cfg.init)  # a bad --init fails here, before a run folder exists
+        run_dir = os.path.join(cfg.out, run_name(cfg))
+        if trainer.world > 1:
+            run_dir = trainer.share(run_dir)  # the name holds a timestamp: take rank 0's
+        start_epoch, step = 0, 0
+        if main:
             from film.common.init import INIT_DESCRIPTION
 
-            params = {
-                **asdict(cfg),
-                "world_size": world,
+            make_dirs(os.path.join(run_dir, "model"), "run folder")
+            # one vocabulary: the configs' field names, which are film train's flags and what --resume reads back
+            # (the official param.json's epoch/optim_step/optim_gamma/gradweight are epochs/step_size/gamma/
+            # grad_weight here; docs/training.md, "Run folder")
+            write_params(run_dir, {
+                **cfg.params(),
+                "world_size": trainer.world,
                 "model_config": trainer.model_cfg.to_dict(),  # read back by load_fuser for model/ckpt_*
-                "init_drawn": f"from {cfg.init}" if cfg.init else f"{INIT_DESCRIPTION}, seed {cfg.seed}",
-            }
-            from film.common.atomic import atomic_write_bytes
-
-            atomic_write_bytes(os.path.join(run_dir, "param.json"), json.dumps(params, indent=2).encode())
+                "init_drawn": f"from {cfg.init}" if cfg.init else f"{INIT_DESCRIPTION}, seed {cfg.step.seed}",
+            })
             copy_code(run_dir, cfg.backend)
     if main:  # after the run folder exists: a refused output location stays a one-line error
-        print(f"film train: {plan.describe(cfg.batch_size // world)}", file=sys.stderr, flush=True)
-    log = RunLog(run_dir, trainer.scalar_writer(run_dir)) if main else None
-    per_epoch = len(data) // cfg.batch_size
-    share = cfg.batch_size // world
-    total = cfg.epochs * per_epoch
-    bar = tqdm(
-        total=total,
-        initial=start_epoch * per_epoch,
-        desc=f"train [{cfg.backend}]",
-        unit="step",
-        file=sys.stderr,
-        disable=None if main else True,
-        dynamic_ncols=True,
-    )
+        print(f"film train: {plan.describe(cfg.step.batch_size // trainer.world)}", file=sys.stderr, flush=True)
+    return cfg, run_dir, start_epoch, step
+
+
+def write_params(run_dir: str, params: dict) -> None:
+    from film.common.atomic import atomic_write_bytes
+
+    atomic_write_bytes(os.path.join(run_dir, "param.json"), json.dumps(params, indent=2).encode())
+
+
+def train(run: Run | RunConfig, trainer) -> str:
+    """Run (or resume) training; returns the run folder. ``run``: a resolved run (``resolve_run``; a RunConfig is
+    resolved here), ``trainer``: a backend Trainer.
+
+    Under torchrun / mpirun the trainer has ``world`` > 1: every rank runs this loop on its share of each
+    batch, and only rank 0 writes the run folder (param.json, code/, log, pictures, checkpoints)."""
+    from tqdm import tqdm
+
+    if isinstance(run, RunConfig):
+        run = resolve_run(run, trainer.model_cfg)
+    rank, world, main = trainer.rank, trainer.world, trainer.rank == 0
+    data, h, w = open_data(run.cfg, trainer)
+    log = bar = None
     try:
+        cfg, run_dir, start_epoch, step = start_run(run, trainer, h, w)
+        st = cfg.step
+        share = st.batch_size // world
+        per_epoch = len(data) // st.batch_size
+        log = RunLog(run_dir, trainer.scalar_writer(run_dir)) if main else None
+        bar = tqdm(total=cfg.epochs * per_epoch, initial=start_epoch * per_epoch, desc=f"train [{cfg.backend}]",
+                   unit="step", file=sys.stderr, disable=None if main else True, dynamic_ncols=True)
         for epoch in range(start_epoch, cfg.epochs):
-            lr = lr_at(cfg, epoch)
+            lr = lr_at(st, epoch)
             trainer.set_lr(lr)
             t0 = time.time()
-            for i, idx in enumerate(epoch_batches(len(data), cfg.batch_size, cfg.seed, epoch)):
+            for i, idx in enumerate(epoch_batches(len(data), st.batch_size, st.seed, epoch)):
                 a, b, t, names = load_batch(data, idx[rank * share : (rank + 1) * share])
-                loss, parts, fused = trainer.step(a, b, t, cfg)
+                loss, parts, fused = trainer.step(a, b, t, st)
                 if not math.isfinite(loss):
                     last = latest_checkpoint(run_dir, trainer.ext)
                     keep = f"; the last good checkpoint is {last[0]}" if last else ""
-                    raise FilmError(
-                        f"loss became {loss} at epoch {epoch + 1}, step {step}: training stopped{keep}"
-                    )
+                    raise FilmError(f"loss became {loss} at epoch {epoch + 1}, step {step}: training stopped{keep}")
                 if main:
-                    msg = (
-                        f"[Epoch {epoch + 1}/{cfg.epochs}] [Batch {i}/{per_epoch}] [loss: {loss:f}] "
-                        f"[loss_in: {parts['loss_in']:f}] [loss_grad: {parts['loss_grad']:f}] [lr: {lr:g}]"
-                    )
-                    log.line(msg)
-                    log.step({"step": step, "epoch": epoch + 1, "batch": i, "loss": loss, **parts, "lr": lr,
-                              "time": time.time()})
-                    log.scalars(
-                        step, {"loss/total": loss, **{f"loss/{k}": v for k, v in parts.items()}, "lr": lr}
-                    )
+                    log.record(step, epoch, i, per_epoch, cfg.epochs, loss, parts, lr)
                     if i <= 1:
                         save_pictures(run_dir, epoch + 1, a, b, fused, names)
                 step += 1
@@ -526,11 +631,12 @@ def train(cfg: TrainConfig, trainer) -> str:
                     break
             trainer.save(os.path.join(run_dir, "model", f"ckpt_{epoch + 1}{trainer.ext}"), epoch, step)
             if main:
-                log.line(f"This Epoch takes time: {time.time() - t0:.1f}s", echo=False)
+                log.line(f"This Epoch takes time: {time.time() - t0:.1f}s")
             if cfg.max_steps is not None and step >= cfg.max_steps:
                 break
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         if log is not None:
             log.close()
         data.close()

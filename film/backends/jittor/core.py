@@ -8,9 +8,9 @@ from collections import OrderedDict
 
 import numpy as np
 
-from film.backends.jittor._jt import jt
+from film.backends.jittor.configured import jt
+from film.backends.jittor.kernels import onednn
 from film.backends.jittor.model import Net
-from film.backends.jittor.ops import onednn
 from film.common.recompute import check_mode
 from film.common.spec import OFFICIAL, FilmConfig, param_schema
 from film.errors import FilmError

@@ -5,7 +5,7 @@ adapter and ``film train`` for the same seed (call ``set_epoch``)."""
 
 from __future__ import annotations
 
-from film.backends.jittor._jt import jt
+from film.backends.jittor.configured import jt
 from film.common.data import H5Pairs
 from film.common.training import epoch_order, epoch_size
 

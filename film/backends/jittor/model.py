@@ -11,8 +11,9 @@ import os
 
 import numpy as np
 
+from film.backends.jittor import kernels as K
 from film.backends.jittor import ops
-from film.backends.jittor._jt import jt
+from film.backends.jittor.configured import jt
 from film.common import forward as fw
 from film.common.checkpoint import canonical_state_dict
 from film.common.spec import OFFICIAL, FilmConfig, param_schema
@@ -31,28 +32,28 @@ class Conv2d(nn.Conv2d):
             tuple(self.stride) == (1, 1)
             and tuple(self.dilation) == (1, 1)
             and p[0] == p[1]
-            and ops.onednn() is not None
+            and K.onednn() is not None
         ):
-            return ops.conv2d_onednn(x, self.weight, self.bias, p[0], g)
-        if ops.is_nhwc():
+            return K.conv2d_onednn(x, self.weight, self.bias, p[0], g)
+        if K.is_nhwc():
             raise RuntimeError("the channels-last layout needs oneDNN convolutions (stride 1)")
         if k == (1, 1) and g == 1 and tuple(self.stride) == (1, 1) and tuple(self.padding) == (0, 0):
-            return ops.conv1x1(x, self.weight, self.bias)
+            return K.conv1x1(x, self.weight, self.bias)
         if (
             k == (3, 3)
             and g == self.in_channels == self.out_channels
             and tuple(self.padding) == (1, 1)
             and tuple(self.stride) == (1, 1)
         ):
-            return ops.depthwise3x3(x, self.weight, self.bias)
+            return K.depthwise3x3(x, self.weight, self.bias)
         return super().execute(x)
 
 
 class PReLU(nn.PReLU):
-    """``nn.PReLU`` (same ``weight``) whose slope gradient is accumulated in float64 (ops.prelu)."""
+    """``nn.PReLU`` (same ``weight``) whose slope gradient is accumulated in float64 (kernels.prelu)."""
 
     def execute(self, x):
-        return ops.prelu(x, self.weight)
+        return K.prelu(x, self.weight)
 
 
 class WithBias_LayerNorm(nn.Module):
@@ -199,10 +200,10 @@ class Net(nn.Module):
     def uses_nhwc(self) -> bool:
         if self._layout is not None:
             return self._layout == "nhwc"
-        return ops.onednn() is not None and os.environ.get("FILM_JITTOR_LAYOUT", "auto") != "nchw"
+        return K.onednn() is not None and os.environ.get("FILM_JITTOR_LAYOUT", "auto") != "nchw"
 
     def execute(self, imageA, imageB, text, taps: dict | None = None):
-        with ops.layout(self.uses_nhwc()):
+        with K.layout(self.uses_nhwc()):
             return fw.net(self, ops, imageA, imageB, text, taps)
 
     def load_state_dict(self, params) -> None:

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 from film.backends.jittor import ops
-from film.backends.jittor._jt import jt
+from film.backends.jittor.configured import jt
 from film.backends.jittor.core import build_model, resolve_device, resolve_recompute, set_fast
 from film.common import loss as L
 from film.common.recompute import set_recompute
@@ -101,8 +101,8 @@ class Trainer(TrainerBase):
         self.forward = self.model
         # NHWC on oneDNN (3-4x an NCHW step), activation recomputation (film.common.recompute) and heap reuse,
         # each as cfg asks (film train's defaults; docs/training.md)
-        set_fast(self.model, getattr(cfg, "fast", None))
-        set_recompute(self.model, resolve_recompute(getattr(cfg, "recompute", "auto"), self.device))
+        set_fast(self.model, cfg.fast)
+        set_recompute(self.model, resolve_recompute(cfg.recompute, self.device))
         self.hold_heap(cfg, self.device == "cpu")
         if self.world == 1:  # (several processes: precompile_training says it, once)
             print(COMPILE_NOTE, file=sys.stderr, flush=True)
@@ -128,31 +128,24 @@ class Trainer(TrainerBase):
         for g in self.opt.param_groups:
             g["lr"] = lr
 
-    def step(self, a, b, t, cfg):
-        """One optimizer step on the batch (a, b, t); with ``cfg.micro_batch`` = m < batch, in chunks of m whose
-        gradients add up (as the torch Trainer: each chunk's mean loss weighted by its share of the batch)."""
-        n = len(a)
-        m = min(n, getattr(cfg, "micro_batch", None) or n)
-        total, outs = None, []
-        for s in range(0, n, m):
-            a_, b_ = jt.array(a[s : s + m]), jt.array(b[s : s + m])
-            share = len(a[s : s + m]) / n
-            fused = self.forward(a_, b_, jt.array(t[s : s + m]))
-            loss, parts = compute_loss(a_, b_, fused, cfg)
-            # the forward runs on its own first: left to schedule forward and backward as one lazy graph,
-            # Jittor keeps more maps alive at once (measured: ~10 % more at batch 2)
-            jt.sync([loss, fused, *parts.values()])
-            self.opt.backward(loss if share == 1 else loss * share)  # adds to the gradients (mean over MPI ranks)
-            jt.sync(self.opt.param_groups[0]["grads"])  # this chunk's backward now, before the next forward
-            rep = jt.concat([loss.detach().reshape(1)] + [v.detach().reshape(1) for v in parts.values()]) * share
-            total = rep if total is None else total + rep
-            outs.append(fused.numpy())
+    def _chunk(self, a, b, t, share: float, first: bool, last: bool, cfg):
+        a_, b_ = jt.array(a), jt.array(b)
+        fused = self.forward(a_, b_, jt.array(t))
+        loss, parts = compute_loss(a_, b_, fused, cfg)
+        # the forward runs on its own first: left to schedule forward and backward as one lazy graph,
+        # Jittor keeps more maps alive at once (measured: ~10 % more at batch 2)
+        jt.sync([loss, fused, *parts.values()])
+        self.opt.backward(loss if share == 1 else loss * share)  # adds to the gradients (mean over MPI ranks)
+        jt.sync(self.opt.param_groups[0]["grads"])  # this chunk's backward now, before the next forward
+        rep = jt.concat([loss.detach().reshape(1)] + [v.detach().reshape(1) for v in parts.values()]) * share
+        return rep, tuple(parts), fused.numpy()
+
+    def _update(self, total) -> list[float]:
         self.opt.step()
         jt.sync_all()  # the update now, not inside the next step
         if self.world > 1:  # log the global batch's loss, identical on every rank (the NaN stop agrees too)
             total = total.mpi_all_reduce("mean")
-        report = total.numpy().tolist()
-        return report[0], dict(zip(parts, report[1:])), np.concatenate(outs) if len(outs) > 1 else outs[0]
+        return total.numpy().tolist()
 
     def gradients(self, a, b, t, cfg) -> tuple[float, dict]:
         """Loss and every parameter's gradient for one batch (no optimizer step)."""
@@ -202,9 +195,9 @@ class Trainer(TrainerBase):
             )
         self.barrier()
 
-    def load_resume(self, path: str, cfg=None) -> dict:
+    def load_resume(self, path: str, cfg) -> dict:
         ck = read_jittor_pkl(path)
-        sd, recipe = resume_checkpoint(ck, path, self.model_cfg, run_cfg=cfg)
+        sd, recipe = resume_checkpoint(ck, path, self.model_cfg, cfg)
         with resume_state_errors(path):
             self.build(recipe, sd)
             opt = ck["optimizer1"]
@@ -240,7 +233,8 @@ def precompile_training(model_cfg, cfg, device: str) -> None:
         return
     print(COMPILE_NOTE, file=sys.stderr, flush=True)
     spec = json.dumps({"model": model_cfg.to_dict(), "device": device,
-                       "step": {k: getattr(cfg, k, None) for k in ("recompute", "fast", "ssim_weight", "grad_weight")}})
+                       "step": {"recompute": cfg.recompute, "fast": cfg.fast, "ssim_weight": cfg.ssim_weight,
+                                "grad_weight": cfg.grad_weight}})
     code = f"from film.backends.jittor.train import _precompile_child; _precompile_child({spec!r})"
     # a plain process even under mpirun: OpenMPI's variables would make it an unexpected extra rank
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
@@ -260,12 +254,11 @@ def _precompile_child(spec: str) -> None:
     import json
 
     from film.common.spec import FilmConfig
-    from film.common.training import TrainConfig
+    from film.common.training import StepConfig
 
     d = json.loads(spec)
     model_cfg = FilmConfig.from_dict(d["model"])
-    cfg = TrainConfig(h5="", lr=1e-5, heap_reuse=False, micro_batch=None,
-                      **{k: v for k, v in d["step"].items() if v is not None})
+    cfg = StepConfig(heap_reuse=False, micro_batch=None, **d["step"])
     trainer = Trainer(d["device"], model_cfg)
     trainer.build(cfg, None)
     rng = np.random.default_rng(0)

@@ -51,7 +51,7 @@ def inference_memory() -> tuple[int, int]:
 
 # Peak resident memory of a CPU training step (film.common.training.plan_step): fixed + samples per forward x
 # per pixel x max(H x W, 288 x 384), per (recompute mode, heap reuse). The line through batch 1 and 2 at 288x384
-# measured by film bench --train-memory (benchmarks/results/2026-12-01_cpu_train_memory.json, AMD EPYC, 2 cores),
+# measured (then by film bench --train-memory, now scripts/calibrate_train_memory.py; benchmarks/results/2026-12-01_cpu_train_memory.json, AMD EPYC, 2 cores),
 # per pixel +5 % (+12 % with the heap reuse on: glibc's heap can grow over more steps), fixed +5 %, at least
 # 256 MiB (the heap-on lines extrapolate below zero). tests/test_training_plan.py holds these to the results file.
 TRAIN_MEMORY: dict[tuple[str, bool], tuple[int, int]] = {

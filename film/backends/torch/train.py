@@ -7,7 +7,6 @@ import functools
 import os
 from collections import OrderedDict
 
-import numpy as np
 import torch
 
 from film.backends.torch import ops
@@ -97,8 +96,8 @@ class Trainer(TrainerBase):
         self.model = build_model(self.model_cfg, init_sd, str(self.device)).train()
         # channels_last on CPU (2x an NCHW step, gradients as close to float64: docs/training.md), activation
         # recomputation (film.common.recompute) and heap reuse, each as cfg asks (film train's defaults)
-        set_fast(self.model, getattr(cfg, "fast", None))
-        set_recompute(self.model, resolve_recompute(getattr(cfg, "recompute", "auto"), self.device.type))
+        set_fast(self.model, cfg.fast)
+        set_recompute(self.model, resolve_recompute(cfg.recompute, self.device.type))
         self.hold_heap(cfg, self.device.type == "cpu")
         self.forward = self.model
         if self.world > 1:
@@ -123,36 +122,27 @@ class Trainer(TrainerBase):
         a_, b_, t_ = (torch.from_numpy(x).to(self.device, dtype) for x in (a, b, t))
         return a_.contiguous(memory_format=fmt), b_.contiguous(memory_format=fmt), t_
 
-    def step(self, a, b, t, cfg):
-        """One optimizer step on the batch (a, b, t). With ``cfg.micro_batch`` = m < batch, the batch runs in
-        chunks of m whose gradients add up (each chunk's mean loss weighted by its share of the batch: the same
-        mean-loss gradient, since FILM treats samples independently), so memory follows m, not the batch."""
-        n = len(a)
-        m = min(n, getattr(cfg, "micro_batch", None) or n)
-        self.opt.zero_grad()
-        total, outs = None, []
-        starts = list(range(0, n, m))
-        for k, s in enumerate(starts):
-            a_, b_, t_ = self._inputs(a[s : s + m], b[s : s + m], t[s : s + m])
-            share = len(a_) / n
-            last = k == len(starts) - 1
-            # DDP all-reduces the gradients once, after the last chunk
-            sync = contextlib.nullcontext() if last or self.world == 1 else self.forward.no_sync()
-            with sync:
-                fused = self.forward(a_, b_, t_)
-                loss, parts = compute_loss(a_, b_, fused, cfg)
-                (loss if share == 1 else loss * share).backward()
-            rep = torch.stack([loss.detach(), *(v.detach() for v in parts.values())]) * share
-            total = rep if total is None else total + rep
-            outs.append(fused.detach().cpu().numpy())
+    def _chunk(self, a, b, t, share: float, first: bool, last: bool, cfg):
+        if first:
+            self.opt.zero_grad()
+        a_, b_, t_ = self._inputs(a, b, t)
+        # DDP all-reduces the gradients once, after the last chunk
+        sync = contextlib.nullcontext() if last or self.world == 1 else self.forward.no_sync()
+        with sync:
+            fused = self.forward(a_, b_, t_)
+            loss, parts = compute_loss(a_, b_, fused, cfg)
+            (loss if share == 1 else loss * share).backward()
+        rep = torch.stack([loss.detach(), *(v.detach() for v in parts.values())]) * share
+        return rep, tuple(parts), fused.detach().cpu().numpy()
+
+    def _update(self, total) -> list[float]:
         self.opt.step()
         if self.world > 1:  # log the global batch's loss, identical on every rank (the NaN stop agrees too)
             import torch.distributed as dist
 
             dist.all_reduce(total)
             total /= self.world
-        report = total.cpu().tolist()
-        return report[0], dict(zip(parts, report[1:])), np.concatenate(outs) if len(outs) > 1 else outs[0]
+        return total.cpu().tolist()
 
     def gradients(self, a, b, t, cfg) -> tuple[float, dict]:
         """Loss and every parameter's gradient for one batch (no optimizer step); float64 if the model is."""
@@ -182,7 +172,7 @@ class Trainer(TrainerBase):
                 torch.save(ckpt, tmp)
         self.barrier()
 
-    def load_resume(self, path: str, cfg=None) -> dict:
+    def load_resume(self, path: str, cfg) -> dict:
         try:
             ck = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # unreadable or unsafe
@@ -190,7 +180,7 @@ class Trainer(TrainerBase):
                 f"{path}: cannot resume from this checkpoint ({str(e).splitlines()[0][:200]})"
             ) from None
         sd, recipe = resume_checkpoint(
-            ck, path, self.model_cfg, to_numpy=lambda v: v.numpy() if isinstance(v, torch.Tensor) else v, run_cfg=cfg
+            ck, path, self.model_cfg, cfg, to_numpy=lambda v: v.numpy() if isinstance(v, torch.Tensor) else v
         )
         with resume_state_errors(path):
             self.build(recipe, sd)

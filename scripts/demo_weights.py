@@ -1,4 +1,5 @@
-"""The demo weights recipe (``make demo-weights``; docs/training.md, "Demo weights").
+"""The demo weights recipe (``make demo-weights``; docs/training.md, "Demo weights"): a build script, not part
+of the film package.
 
 Not the official FILM: a FILM trained on 2 CPU cores (one epoch in torch and in Jittor side by side, about an
 hour, then a second Jittor epoch, then the CONTINUATIONS runs, each from the last one's weights, the last three
@@ -8,11 +9,14 @@ on the MEF pairs alone with FINISH's loss weights: 1,880 steps shipped) on the p
 judged on them), with **seeded synthetic text features** (the VLF features are not available here). Enough to
 show what the pipeline does on real images; not a model to publish results with.
 
-    python -m film.demo_weights all                   # everything below (make demo-weights)
-    python -m film.demo_weights prepare --data ../shared/data/fusion_samples -o demo_train.h5
+    python scripts/demo_weights.py all --data DATA      # everything below (make demo-weights)
+    python scripts/demo_weights.py prepare --data DATA -o demo_train.h5
     film train --backend torch|jittor --h5 demo_train.h5 <RECIPE_FLAGS> --out exp_demo
-    python -m film.demo_weights judge torch=exp_demo/<run>/model/ckpt_1.pth jittor=<run>/model/ckpt_1.pkl@jittor
-    python -m film.demo_weights export exp_demo/<run> -o film/weights/demo.safetensors --manifest demo_train.h5.json
+    python scripts/demo_weights.py judge torch=exp_demo/<run>/model/ckpt_1.pth jittor=<run>/model/ckpt_1.pkl@jittor
+    python scripts/demo_weights.py export exp_demo/<run> -o film/weights/demo.safetensors --manifest demo_train.h5.json
+
+DATA: a folder of public pairs in film's layout (task/dataset/{A,B} sub-folders), e.g. ../shared/data/fusion_samples
+beside a clone of this repository.
 
 Every random choice (crops, flips, text features, initial weights, data order) is seeded, so both
 frameworks train on the same batches from the same weights.
@@ -21,6 +25,7 @@ frameworks train on the same batches from the same weights.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -53,8 +58,7 @@ FINISH = {"--lr": "1e-4", "--ssim-weight": "0.05", "--grad-weight": "10"}
 # Adam state, the same seed and data order): (epochs, the tasks whose pairs it trains on (None: all), flags
 # replacing the recipe's). The last one's weights are shipped.
 CONTINUATIONS = ((2, None, {}), (6, None, {}), (4, ("MEF",), FINISH), (4, ("MEF",), FINISH), (4, ("MEF",), FINISH))
-RECIPE_FLAGS = ["--batch-size", "4", "--epochs", "1", "--lr", "2e-4", "--step-size", "1000", "--gamma", "0.6",
-                "--seed", "0", "--init", "random"]
+RECIPE_FLAGS = [f for k, v in RECIPE.items() for f in (f"--{k.replace('_', '-')}", str(v))] + ["--init", "random"]
 
 
 def held_out() -> set[tuple[str, str]]:
@@ -85,7 +89,7 @@ def training_pairs(data: str, tasks: tuple[str, ...] | None = None) -> list:
     return pairs
 
 
-def _augment(rng, x: np.ndarray, k: int, flip: bool) -> np.ndarray:
+def _augment(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
     x = np.rot90(x, k)
     return np.ascontiguousarray(x[:, ::-1] if flip else x)
 
@@ -116,7 +120,7 @@ def prepare(data: str, out: str, tasks: tuple[str, ...] | None = None) -> dict:
                 k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
                 name = f"{rel.replace(os.sep, '_')}_{p.name}_{c:02d}"
                 for g, img in ((ga, a), (gb, b)):
-                    g.create_dataset(name, data=_augment(rng, img[y : y + CROP, x : x + CROP], k, flip)[None])
+                    g.create_dataset(name, data=_augment(img[y : y + CROP, x : x + CROP], k, flip)[None])
                 gt.create_dataset(name, data=text)
     from film.common.atomic import atomic_write_bytes
 
@@ -148,7 +152,7 @@ def export(run_dir: str, out: str, data_manifest: str | None = None, steps_befor
                 "pairs with synthetic text features, for trying the pipeline (docs/training.md, Demo weights)",
         "framework": params.get("backend"), "steps": steps, "epochs": found[1],
         "recipe": {k: params.get(k) for k in RECIPE}, "crop": CROP, "crops_per_pair": CROPS_PER_PAIR,
-        "text": "seeded synthetic features (random_text, seed 1000 + pair index)",
+        "text": f"seeded synthetic features (random_text, seed {TEXT_SEED0} + pair index)",
     }
     if history:
         info["history"] = history
@@ -198,7 +202,7 @@ def _steps(run_dir: str) -> int:
 def judge(models: list[tuple[str, str, str]], metrics: tuple[str, ...] | None = None) -> dict:
     """The twelve official metrics on the held-out shipped samples (film/samples: not trained on), per task, for
     each (label, checkpoint, backend) in ``models`` and for the average and max rules. The models fuse with
-    ``film fuse --random-text``'s features (seed 0 + the pair's index) and the official uint8 saving.
+    ``film fuse --random-text``'s features (seeded by the pair's name) and the official uint8 saving.
     Returns {"per_task": {task: {method: {metric: mean}}}, "mean": {method: {metric: mean over tasks}}}."""
     from film.api import load_fuser
     from film.common.images import read_gray, to_uint8
@@ -259,19 +263,20 @@ def run_all(work: str, data: str, output: str) -> int:
         prepare(data, h5)
     film = [sys.executable, "-m", "film"]
     procs, runs = {}, {}
-    for be in ("torch", "jittor"):
-        out = os.path.join(work, be)
-        if os.path.isdir(out):
-            raise FilmError(f"{out} exists: remove it (or the whole {work}) to train again")
-        log = open(os.path.join(work, f"train_{be}.log"), "w")
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        procs[be] = subprocess.Popen(film + ["train", "--backend", be, "--h5", h5, *RECIPE_FLAGS, "--out", out],
-                                     stdout=log, stderr=subprocess.STDOUT, env=env)
-        print(f"training {be}: log {log.name}", flush=True)
-    for be, p in procs.items():
-        if p.wait() != 0:
-            raise FilmError(f"film train --backend {be} failed: see {os.path.join(work, f'train_{be}.log')}")
-        (runs[be],) = [os.path.join(work, be, d) for d in os.listdir(os.path.join(work, be))]
+    with contextlib.ExitStack() as logs:
+        for be in ("torch", "jittor"):
+            out = os.path.join(work, be)
+            if os.path.isdir(out):
+                raise FilmError(f"{out} exists: remove it (or the whole {work}) to train again")
+            log = logs.enter_context(open(os.path.join(work, f"train_{be}.log"), "w"))
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            procs[be] = subprocess.Popen(film + ["train", "--backend", be, "--h5", h5, *RECIPE_FLAGS, "--out", out],
+                                         stdout=log, stderr=subprocess.STDOUT, env=env)
+            print(f"training {be}: log {log.name}", flush=True)
+        for be, p in procs.items():
+            if p.wait() != 0:
+                raise FilmError(f"film train --backend {be} failed: see {os.path.join(work, f'train_{be}.log')}")
+            (runs[be],) = [os.path.join(work, be, d) for d in os.listdir(os.path.join(work, be))]
     subprocess.run(film + ["curves", runs["torch"], runs["jittor"], "-o", os.path.join(work, "curves.png")],
                    check=True)
     from film.common.training import latest_checkpoint
@@ -308,10 +313,10 @@ def run_all(work: str, data: str, output: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m film.demo_weights", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python scripts/demo_weights.py", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("prepare", help="the training H5 of crops of the public pairs")
-    a.add_argument("--data", default=os.path.join("..", "shared", "data", "fusion_samples"))
+    a.add_argument("--data", required=True, help="a folder of public pairs (task/dataset/{A,B})")
     a.add_argument("-o", "--output", required=True)
     e = sub.add_parser("export", help="a run's last checkpoint as the demo .safetensors")
     e.add_argument("run")
@@ -324,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     j.add_argument("models", nargs="+", help="LABEL=CHECKPOINT[@BACKEND] (backend default torch)")
     j.add_argument("--json", help="write the numbers here too")
     r = sub.add_parser("all", help="make demo-weights: prepare, train in both frameworks, curves, judge, export")
-    r.add_argument("--data", default=os.path.join("..", "shared", "data", "fusion_samples"))
+    r.add_argument("--data", required=True, help="a folder of public pairs (task/dataset/{A,B})")
     r.add_argument("--work", default=os.path.join("build", "demo"))
     r.add_argument("-o", "--output", default=os.path.join("film", "weights", "demo.safetensors"))
     args = p.parse_args(argv)

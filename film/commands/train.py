@@ -1,0 +1,79 @@
+"""``film train``: the official recipe in either backend, on one process or many (film.train)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from film.commands.options import add_config, model_config
+from film.common.spec import OFFICIAL, OFFICIAL_RECIPE
+
+
+def register(sub) -> None:
+    t = sub.add_parser("train", help="train FILM with the official recipe in either backend")
+    t.add_argument("--backend", default=None,
+                   help="torch (default) or jittor (with --resume: the run's own)")
+    t.add_argument("--h5", help="training H5 made by film prepare (with --resume: taken from the run)")
+    r = OFFICIAL_RECIPE  # the help's defaults are the recipe's own values, never restated here
+    t.add_argument("--epochs", type=int, default=None,
+                   help=f"default {r.epochs} (official); with --resume, a larger number extends a run (default: the "
+                   "run's own)")
+    t.add_argument("--batch-size", type=int, default=None, help=f"default {r.batch_size} (official)")
+    t.add_argument("--lr", type=float, default=None, help=f"default {r.lr:g} (official)")
+    t.add_argument("--step-size", type=int, default=None, help=f"StepLR step in epochs, default {r.step_size}")
+    t.add_argument("--gamma", type=float, default=None, help=f"StepLR gamma, default {r.gamma:g}")
+    t.add_argument("--grad-weight", type=float, default=None,
+                   help=f"Sobel-gradient loss coefficient, default {r.grad_weight:g}")
+    t.add_argument("--ssim-weight", type=float, default=None,
+                   help=f"weight of the LpLssim loss, default {r.ssim_weight:g} (0: skipped)")
+    t.add_argument("--out", default="exp", help="parent folder of run folders (default exp/)")
+    t.add_argument("--seed", type=int, default=0, help="data order and init seed")
+    t.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    t.add_argument("--init", help="start from this checkpoint (any format, either framework)")
+    t.add_argument("--resume", help="run folder to continue (model, optimizer, scheduler, epoch, step)")
+    t.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
+    t.add_argument("--recompute", choices=("auto", "none", "blocks", "all"), default="auto",
+                   help="activation recomputation: none keeps every map (the official code's ~16 GB at batch 2, "
+                   "288x384), blocks recomputes each Restormer block, all also each cross-attention branch "
+                   "(default auto: the backend's measured choice, torch all, Jittor blocks, about 0.4x the official "
+                   "peak memory; the same numbers either way)")
+    t.add_argument("--micro-batch", type=int, default=None,
+                   help="samples per forward/backward, their gradients added up (the same mean-loss step); "
+                   "default: the whole batch, or the largest part that fits in memory")
+    t.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                   help="the backends' channels-last layout (default: on for CPU; --no-fast trains in the "
+                   "official NCHW order, about 2x slower on CPU)")
+    t.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        help="data-parallel over N processes on this machine: starts torchrun (torch) or mpirun (jittor) with "
+        "the same command; --batch-size stays the global batch",
+    )
+    add_config(t)
+    t.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from film.train import is_main_process, launch, train
+
+    if args.nproc is not None and args.nproc != 1:
+        from film.common.training import RunConfig, StepConfig, resolve_run
+
+        backend = args.backend
+        if args.resume and backend is None:  # the run's own (its param.json, read once)
+            backend = resolve_run(RunConfig(h5=args.h5 or "", resume=args.resume), backend_given=False).cfg.backend
+        step = StepConfig(recompute=args.recompute, fast=args.fast,
+                          ssim_weight=args.ssim_weight if args.ssim_weight is not None else 0.0)
+        return launch(backend or "torch", args.device, args.nproc, sys.argv[1:] if args.argv is None else args.argv,
+                      model_cfg=model_config(args, OFFICIAL), step_cfg=step)
+    run_dir = train(
+        args.h5, backend=args.backend, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        step_size=args.step_size, gamma=args.gamma, grad_weight=args.grad_weight, ssim_weight=args.ssim_weight,
+        seed=args.seed, device=args.device, init=args.init, resume=args.resume, max_steps=args.max_steps,
+        model_cfg=model_config(args, OFFICIAL), recompute=args.recompute, micro_batch=args.micro_batch,
+        fast=args.fast, heap_reuse=True,
+    )
+    if is_main_process():
+        print(f"run folder: {run_dir}")
+    return 0
