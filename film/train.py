@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from film.backends.registry import FRAMEWORKS, check_name, get_backend
 from film.common.spec import OFFICIAL, FilmConfig
-from film.common.training import RunConfig, StepConfig, resolve_run
+from film.common.training import (
+    RUN_DIR_ENV,
+    RunConfig,
+    StepConfig,
+    elastic_resume,
+    resolve_run,
+)
 from film.common.training import train as train_loop
+from film.defaults import SAVE_EVERY
 from film.errors import FilmError
 
 
@@ -16,39 +23,47 @@ def make_trainer(backend: str, device: str, model_cfg=None):
     return impl.make_trainer(device, model_cfg or OFFICIAL)
 
 
-def strip_nproc(argv: list[str]) -> list[str]:
+def strip_launch_flags(argv: list[str], flags: tuple[str, ...] = ("--nproc", "--max-restarts")) -> list[str]:
+    """The worker's command: ``argv`` without the launcher's own flags (and their values)."""
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
-        elif a == "--nproc":
+        elif a in flags:
             skip = True
-        elif not a.startswith("--nproc="):
+        elif not a.startswith(tuple(f + "=" for f in flags)):
             out.append(a)
     return out
 
 
 def launch(backend: str, device: str, nproc: int, argv: list[str], *, model_cfg: FilmConfig = OFFICIAL,
-           step_cfg: StepConfig | None = None) -> int:
+           step_cfg: StepConfig | None = None, run_dir: str | None = None, max_restarts: int = 0) -> int:
     """film train --nproc N: start N processes of the same command (``argv`` without --nproc) under the
-    backend's launcher (torchrun or mpirun) and wait for them; returns their exit code."""
+    backend's launcher (torchrun or mpirun) and wait for them; returns their exit code. ``run_dir``: the run
+    folder every worker uses (a restarted worker resumes from its newest checkpoint); ``max_restarts``: how
+    often torchrun's elastic agent restarts the group after a worker failed (torch only)."""
     import os
     import subprocess
     import sys
 
     if nproc < 1:
         raise FilmError("--nproc must be at least 1")
+    if max_restarts < 0:
+        raise FilmError("--max-restarts must be 0 or more")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or "OMPI_COMM_WORLD_SIZE" in os.environ:
         raise FilmError("--nproc starts the processes itself: do not combine it with torchrun or mpirun")
     check_name(backend, FRAMEWORKS)  # onnx runs exported models: inference only
     # importing the backend prepares it once here (Jittor compiles itself and its MPI ops), not in N racing
     # processes; the launcher (torchrun or mpirun) is the backend's
     impl = get_backend(backend, device)
-    cmd = impl.launch_command(nproc, strip_nproc(argv))
+    cmd = impl.launch_command(nproc, strip_launch_flags(argv), max_restarts=max_restarts,
+                              export=(RUN_DIR_ENV,) if run_dir else ())
     impl.prepare_launch(device, model_cfg, step_cfg or StepConfig())
     env = os.environ.copy()
     # N processes on the machine's cores: a thread pool of cores // N each, unless the user chose
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    if run_dir:
+        env[RUN_DIR_ENV] = os.path.abspath(run_dir)
     # the workers run `python -m film`, which puts the current folder first on sys.path: a folder holding a
     # clone named film/ would shadow the installed package. Python 3.11+ can leave the folder out.
     shadow = os.path.join(os.getcwd(), "film")
@@ -60,14 +75,49 @@ def launch(backend: str, device: str, nproc: int, argv: list[str], *, model_cfg:
     env["PYTHONSAFEPATH"] = "1"
     print(f"film train: starting {nproc} processes: {' '.join(cmd[:6])} ...", flush=True)
     try:
-        code = subprocess.call(cmd, env=env)
+        code, report = relay(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE))
     except KeyboardInterrupt:
         return 130
     if code:  # the launcher has stopped every process; its report and the failing rank's error are above
         why = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-        print(f"film train: the {nproc}-process job failed ({why}); the failing rank's error is above",
+        rank = failed_rank(report)
+        who = f"rank {rank} failed" if rank is not None else f"the launcher ended with {why}"
+        restarts = f" after {max_restarts} restart(s)" if max_restarts else ""
+        again = f": resume it with film train --resume {run_dir} --nproc {nproc}" if run_dir else ""
+        print(f"film train: the {nproc}-process job failed{restarts} ({who}; its error is above){again}",
               file=sys.stderr, flush=True)
     return code
+
+
+def relay(proc, keep: int = 1 << 16) -> tuple[int, str]:
+    """Pass a launcher's stderr through as it comes (progress bars included) and keep its last ``keep``
+    characters; returns (exit code, that tail)."""
+    import os
+    import sys
+
+    tail = b""
+    fd = proc.stderr.fileno()
+    while True:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.flush()
+        tail = (tail + chunk)[-keep:]
+    return proc.wait(), tail.decode("utf-8", "replace")
+
+
+def failed_rank(report: str) -> int | None:
+    """The rank a launcher's failure report names: torchrun's "Root Cause" block, OpenMPI's "process rank N" or
+    "Process name: [[job,N]]", or film's own "rank N: error" line."""
+    import re
+
+    for pattern in (r"Root Cause.*?\brank\s*:\s*(\d+)", r"process rank (\d+)", r"Process name: \[\[\d+,(\d+)\]",
+                    r"\brank (\d+): (?:internal )?error"):
+        m = re.search(pattern, report, re.S)
+        if m:
+            return int(m.group(1))
+    return None
 
 
 def train(
@@ -87,6 +137,7 @@ def train(
     init: str | None = None,
     resume: str | None = None,
     max_steps: int | None = None,
+    save_every: int = SAVE_EVERY,
     model_cfg: FilmConfig = OFFICIAL,
     recompute: str = "auto",
     micro_batch: int | None = None,
@@ -99,13 +150,18 @@ def train(
     docs/training.md): ``recompute`` (auto, none, blocks, all), ``micro_batch`` (None: planned to fit in memory),
     ``fast`` (the channels-last layout; None: on for CPU), ``heap_reuse`` (CPU: glibc keeps freed memory for
     reuse while training runs, about 2x a step: a process-wide malloc setting, so off unless asked for here;
-    film train asks; film.common.heap)."""
+    film train asks; film.common.heap). ``save_every``: a resumable mid-epoch checkpoint every this many steps
+    (0: at the end of each epoch only). Under film train --nproc a worker restarted by torchrun resumes the
+    launcher's run folder on its own."""
+    import os
+
+    resume = resume or elastic_resume(os.environ.get(RUN_DIR_ENV))
     recipe = {k: v for k, v in (("batch_size", batch_size), ("lr", lr), ("step_size", step_size), ("gamma", gamma),
                                 ("grad_weight", grad_weight), ("ssim_weight", ssim_weight)) if v is not None}
     step = StepConfig(seed=seed, recompute=recompute, fast=fast, heap_reuse=heap_reuse, micro_batch=micro_batch,
                       **recipe)
     cfg = RunConfig(h5=h5 or "", step=step, backend=backend or "torch", out=out, epochs=epochs, device=device,
-                    init=init, resume=resume, max_steps=max_steps)
+                    init=init, resume=resume, max_steps=max_steps, save_every=save_every)
     run = resolve_run(cfg, None if model_cfg is OFFICIAL else model_cfg, backend_given=backend is not None)
     check_name(run.cfg.backend, FRAMEWORKS)  # onnx runs exported models: inference only
     trainer = make_trainer(run.cfg.backend, device, run.model_cfg)

@@ -622,9 +622,9 @@ def test_torch_under_mpirun_is_refused(tb, monkeypatch):
 
 def test_nproc_launch_commands(tb, jb, monkeypatch):
     from film.errors import FilmError
-    from film.train import strip_nproc
+    from film.train import strip_launch_flags
 
-    argv = strip_nproc(["train", "--backend", "jittor", "--nproc", "2", "--h5", "x.h5", "--nproc=3"])
+    argv = strip_launch_flags(["train", "--backend", "jittor", "--nproc", "2", "--h5", "x.h5", "--nproc=3"])
     assert argv == ["train", "--backend", "jittor", "--h5", "x.h5"]
     t = tb.launch_command(2, argv)
     assert "torch.distributed.run" in t and "--nproc_per_node=2" in t and t[-len(argv):] == argv

@@ -29,7 +29,7 @@ class Trainer(Protocol):
     model: Any  # the network being trained (after build)
     forward: Any  # what step() calls for the forward pass: the model, its DDP wrapper, or film bench's baseline
 
-    def setup(self, cfg) -> None: ...  # build model + optimizer from cfg.init (or random), seeded
+    def setup(self, cfg, init: str | None = None) -> None: ...  # model + optimizer from init, or drawn from cfg.seed
 
     # micro-batch, recompute and heap policy of a step for this machine (film.common.training.plan_step)
     def plan(self, cfg, batch: int, h: int, w: int) -> Any: ...
@@ -44,9 +44,12 @@ class Trainer(Protocol):
 
     def params_numpy(self) -> dict: ...
 
-    def save(self, path: str, epoch: int, step: int) -> None: ...
+    # a resumable checkpoint: after ``step`` steps in all; ``batch``: batches done of the 0-based ``epoch`` (a
+    # mid-epoch checkpoint), None at the end of that epoch (the official ckpt_<epoch> layout)
+    def save(self, path: str, epoch: int, step: int, batch: int | None = None) -> None: ...
 
-    def load_resume(self, path: str, cfg=None) -> dict: ...  # cfg: the run's step options (recompute, ...)
+    # {"epoch", "step", "batch"} of the checkpoint (batch None: at the end of that epoch); cfg: the step options
+    def load_resume(self, path: str, cfg) -> dict: ...
 
     def share(self, obj: str) -> str: ...  # rank 0's string on every rank
 
@@ -119,7 +122,9 @@ class Backend(Protocol):
 
     def check_launcher(self) -> None: ...  # refuse a multi-process launcher meant for the other backend
 
-    def launch_command(self, nproc: int, argv: list[str]) -> list[str]: ...  # film train --nproc N
+    # film train --nproc N: torchrun (max_restarts: its elastic agent) or mpirun (export: variables for every rank)
+    def launch_command(self, nproc: int, argv: list[str], *, max_restarts: int = 0,
+                       export: tuple[str, ...] = ()) -> list[str]: ...
 
     # film train --nproc N, before the N processes start: whatever they would otherwise race to do (Jittor:
     # compile every operator of a training step once)

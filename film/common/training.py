@@ -25,7 +25,10 @@ from film.common.atomic import guarded_write, make_dirs
 from film.common.data import H5Pairs
 from film.common.images import write_png
 from film.common.spec import CHECKPOINT_KEYS, OFFICIAL, OFFICIAL_RECIPE, FilmConfig
+from film.defaults import KEEP_STEP_CHECKPOINTS, SAVE_EVERY
 from film.errors import FilmError
+
+_STEP_CKPT = re.compile(r"step_(\d+)(\.\w+)")
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class RunConfig:
     init: str | None = None  # start from these weights (any format); None: drawn from step.seed
     resume: str | None = None  # a run folder to continue
     max_steps: int | None = None  # stop early (smoke tests, benchmarks)
+    save_every: int = SAVE_EVERY  # a resumable mid-epoch checkpoint every this many steps (0: end of epochs only)
 
     def params(self) -> dict:
         """param.json's recipe: one flat vocabulary, the fields of both configs (film train's flags)."""
@@ -95,6 +99,8 @@ def resolve_run(cfg: RunConfig, model_cfg: FilmConfig | None = None, *, backend_
         raise FilmError("--lr must be positive")
     if cfg.step.micro_batch is not None and cfg.step.micro_batch < 1:
         raise FilmError("--micro-batch must be at least 1")
+    if cfg.save_every < 0:
+        raise FilmError("--save-every must be 0 (end of epochs only) or more")
     from film.common.recompute import MODES
 
     if cfg.step.recompute != "auto" and cfg.step.recompute not in MODES:
@@ -332,6 +338,41 @@ def resume_checkpoint(
     return sd, recipe
 
 
+def resume_position(ck: dict, path: str) -> dict:
+    """Where a checkpoint stands: {"epoch", "step", "batch"} (0-based epoch; batch: batches done of that epoch
+    for a mid-epoch checkpoint, None for one written at the end of the epoch)."""
+    with resume_state_errors(path):
+        batch = ck.get("batch")
+        return {"epoch": int(ck["epoch"]), "step": int(ck["step"]), "batch": None if batch is None else int(batch)}
+
+
+def step_checkpoints(run_dir: str, ext: str) -> list[tuple[str, int]]:
+    """The mid-epoch checkpoints model/step_<step><ext> of a run, oldest first."""
+    found = []
+    for p in glob.glob(os.path.join(run_dir, "model", f"step_*{ext}")):
+        m = _STEP_CKPT.fullmatch(os.path.basename(p))
+        if m and m.group(2) == ext:
+            found.append((p, int(m.group(1))))
+    return sorted(found, key=lambda f: f[1])
+
+
+def newest_checkpoint(run_dir: str, ext: str) -> str | None:
+    """What --resume continues from: the newest mid-epoch checkpoint if any (they are removed once their epoch's
+    ckpt_<epoch> is written), else the last epoch's. Half-written files are never candidates: every checkpoint
+    is written under a temporary name and renamed when complete."""
+    steps = step_checkpoints(run_dir, ext)
+    if steps:
+        return steps[-1][0]
+    found = latest_checkpoint(run_dir, ext)
+    return found[0] if found else None
+
+
+def remove_files(paths) -> None:
+    for p in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(p)
+
+
 def latest_checkpoint(run_dir: str, ext: str) -> tuple[str, int] | None:
     best = None
     for p in glob.glob(os.path.join(run_dir, "model", f"ckpt_*{ext}")):
@@ -533,59 +574,109 @@ def open_data(cfg: RunConfig, trainer) -> tuple[H5Pairs, int, int]:
     return data, h, w
 
 
-def start_run(run: Run, trainer, h: int, w: int) -> tuple[RunConfig, str, int, int]:
+class Start(NamedTuple):
+    """Where a run starts (``start_run``)."""
+
+    cfg: RunConfig  # as planned for this machine
+    run_dir: str
+    epoch: int  # the 0-based epoch to run first
+    skip: int  # batches of that epoch already done (a mid-epoch checkpoint)
+    step: int  # steps done in all
+
+
+RUN_DIR_ENV = "FILM_RUN_DIR"  # film train --nproc: the run folder every worker (and every restart) uses
+
+
+def elastic_resume(run_dir: str | None, exts: tuple[str, ...] = (".pth", ".pkl")) -> str | None:
+    """Under film train --nproc the launcher names the run folder (RUN_DIR_ENV); a worker restarted by torchrun's
+    elastic agent finds its own run there and resumes it: the folder when it holds a checkpoint, else None."""
+    if run_dir and os.path.isfile(os.path.join(run_dir, "param.json")):
+        if any(newest_checkpoint(run_dir, ext) for ext in exts):
+            return run_dir
+    return None
+
+
+def start_run(run: Run, trainer, h: int, w: int) -> Start:
     """Plan the step for this machine (one line refuses a step that cannot fit), then build the trainer: from
-    the newest checkpoint of ``run.run_dir`` (--resume), or new (its init, a new run folder with param.json and
-    code/). Returns (the config as planned, run folder, first epoch, first step)."""
+    the newest checkpoint of ``run.run_dir`` (--resume: mid-epoch or end of epoch), or new (its init, a new run
+    folder with param.json and code/)."""
     cfg, main = run.cfg, trainer.rank == 0
     plan = trainer.plan(cfg.step, cfg.step.batch_size // trainer.world, h, w)
     cfg = replace(cfg, step=replace(cfg.step, micro_batch=plan.micro_batch, heap_reuse=plan.heap_reuse,
                                     recompute=plan.recompute))
     if run.run_dir:
-        run_dir = run.run_dir
-        found = latest_checkpoint(run_dir, trainer.ext)
-        if found is None:
-            raise FilmError(f"{run_dir}: no model/ckpt_<epoch>{trainer.ext} to resume from")
-        state = trainer.load_resume(found[0], cfg.step)
-        start_epoch, step = state["epoch"] + 1, state["step"]
-        if start_epoch >= cfg.epochs:
-            raise FilmError(f"{run_dir}: already trained {start_epoch} of {cfg.epochs} epochs: pass --epochs N with "
-                            f"N > {start_epoch} to train it further (the StepLR schedule continues)")
-        saved_epochs = run.params.get("epochs")
-        if main:
-            drop_records_after(run_dir, step)
-            if saved_epochs is not None and cfg.epochs != saved_epochs:
-                write_params(run_dir, {**run.params, "epochs": cfg.epochs})
-                print(f"film train: {run_dir}: {saved_epochs} -> {cfg.epochs} epochs", file=sys.stderr, flush=True)
+        start = resume_from(run, cfg, trainer)
     else:
-        trainer.setup(cfg.step, cfg.init)  # a bad --init fails here, before a run folder exists
-        run_dir = os.path.join(cfg.out, run_name(cfg))
-        if trainer.world > 1:
-            run_dir = trainer.share(run_dir)  # the name holds a timestamp: take rank 0's
-        start_epoch, step = 0, 0
-        if main:
-            from film.common.init import INIT_DESCRIPTION
-
-            make_dirs(os.path.join(run_dir, "model"), "run folder")
-            # one vocabulary: the configs' field names, which are film train's flags and what --resume reads back
-            # (the official param.json's epoch/optim_step/optim_gamma/gradweight are epochs/step_size/gamma/
-            # grad_weight here; docs/training.md, "Run folder")
-            write_params(run_dir, {
-                **cfg.params(),
-                "world_size": trainer.world,
-                "model_config": trainer.model_cfg.to_dict(),  # read back by load_fuser for model/ckpt_*
-                "init_drawn": f"from {cfg.init}" if cfg.init else f"{INIT_DESCRIPTION}, seed {cfg.step.seed}",
-            })
-            copy_code(run_dir, cfg.backend)
+        start = begin_new(cfg, trainer)
     if main:  # after the run folder exists: a refused output location stays a one-line error
         print(f"film train: {plan.describe(cfg.step.batch_size // trainer.world)}", file=sys.stderr, flush=True)
-    return cfg, run_dir, start_epoch, step
+    return start
+
+
+def resume_from(run: Run, cfg: RunConfig, trainer) -> Start:
+    run_dir, main = run.run_dir, trainer.rank == 0
+    path = newest_checkpoint(run_dir, trainer.ext)
+    if path is None:
+        raise FilmError(f"{run_dir}: no model/ckpt_<epoch>{trainer.ext} or step_<step>{trainer.ext} to resume from")
+    pos = trainer.load_resume(path, cfg.step)
+    epoch, skip = (pos["epoch"] + 1, 0) if pos["batch"] is None else (pos["epoch"], pos["batch"])
+    if epoch >= cfg.epochs:
+        raise FilmError(f"{run_dir}: already trained {epoch} of {cfg.epochs} epochs: pass --epochs N with "
+                        f"N > {epoch} to train it further (the StepLR schedule continues)")
+    saved_epochs = run.params.get("epochs")
+    if main:
+        drop_records_after(run_dir, pos["step"])
+        remove_files(glob.glob(os.path.join(run_dir, "model", ".film-tmp-*")))  # writes cut short by a kill
+        if saved_epochs is not None and cfg.epochs != saved_epochs:
+            write_params(run_dir, {**run.params, "epochs": cfg.epochs})
+            print(f"film train: {run_dir}: {saved_epochs} -> {cfg.epochs} epochs", file=sys.stderr, flush=True)
+        print(f"film train: resuming {path} (epoch {epoch + 1}, step {pos['step']})", file=sys.stderr, flush=True)
+    return Start(cfg, run_dir, epoch, skip, pos["step"])
+
+
+def begin_new(cfg: RunConfig, trainer) -> Start:
+    trainer.setup(cfg.step, cfg.init)  # a bad --init fails here, before a run folder exists
+    run_dir = os.environ.get(RUN_DIR_ENV) or os.path.join(cfg.out, run_name(cfg))
+    if trainer.world > 1 and not os.environ.get(RUN_DIR_ENV):
+        run_dir = trainer.share(run_dir)  # the name holds a timestamp: take rank 0's
+    if trainer.rank == 0:
+        from film.common.init import INIT_DESCRIPTION
+
+        make_dirs(os.path.join(run_dir, "model"), "run folder")
+        drop_records_after(run_dir, 0)  # a restarted job whose first attempt died before its first checkpoint
+        # one vocabulary: the configs' field names, which are film train's flags and what --resume reads back
+        # (the official param.json's epoch/optim_step/optim_gamma/gradweight are epochs/step_size/gamma/
+        # grad_weight here; docs/training.md, "Run folder")
+        write_params(run_dir, {
+            **cfg.params(),
+            "world_size": trainer.world,
+            "model_config": trainer.model_cfg.to_dict(),  # read back by load_fuser for model/ckpt_*
+            "init_drawn": f"from {cfg.init}" if cfg.init else f"{INIT_DESCRIPTION}, seed {cfg.step.seed}",
+        })
+        copy_code(run_dir, cfg.backend)
+    trainer.barrier()  # the folder exists before any rank writes into it
+    return Start(cfg, run_dir, 0, 0, 0)
 
 
 def write_params(run_dir: str, params: dict) -> None:
     from film.common.atomic import atomic_write_bytes
 
     atomic_write_bytes(os.path.join(run_dir, "param.json"), json.dumps(params, indent=2).encode())
+
+
+def save_step_checkpoint(trainer, run_dir: str, epoch: int, step: int, batch: int) -> None:
+    """A mid-epoch checkpoint model/step_<step>; then only the newest KEEP_STEP_CHECKPOINTS stay (the older ones
+    are removed after the new one is complete, so a failed write keeps the last good one)."""
+    trainer.save(os.path.join(run_dir, "model", f"step_{step}{trainer.ext}"), epoch, step, batch)
+    if trainer.rank == 0:
+        remove_files(p for p, _ in step_checkpoints(run_dir, trainer.ext)[:-KEEP_STEP_CHECKPOINTS])
+
+
+def save_epoch_checkpoint(trainer, run_dir: str, epoch: int, step: int) -> None:
+    """model/ckpt_<epoch> in the official layout; the mid-epoch checkpoints before it are then superseded."""
+    trainer.save(os.path.join(run_dir, "model", f"ckpt_{epoch + 1}{trainer.ext}"), epoch, step)
+    if trainer.rank == 0:
+        remove_files(p for p, _ in step_checkpoints(run_dir, trainer.ext))
 
 
 def train(run: Run | RunConfig, trainer) -> str:
@@ -602,23 +693,24 @@ def train(run: Run | RunConfig, trainer) -> str:
     data, h, w = open_data(run.cfg, trainer)
     log = bar = None
     try:
-        cfg, run_dir, start_epoch, step = start_run(run, trainer, h, w)
+        cfg, run_dir, start_epoch, skip, step = start_run(run, trainer, h, w)
         st = cfg.step
         share = st.batch_size // world
         per_epoch = len(data) // st.batch_size
         log = RunLog(run_dir, trainer.scalar_writer(run_dir)) if main else None
-        bar = tqdm(total=cfg.epochs * per_epoch, initial=start_epoch * per_epoch, desc=f"train [{cfg.backend}]",
+        bar = tqdm(total=cfg.epochs * per_epoch, initial=start_epoch * per_epoch + skip, desc=f"train [{cfg.backend}]",
                    unit="step", file=sys.stderr, disable=None if main else True, dynamic_ncols=True)
         for epoch in range(start_epoch, cfg.epochs):
             lr = lr_at(st, epoch)
             trainer.set_lr(lr)
             t0 = time.time()
-            for i, idx in enumerate(epoch_batches(len(data), st.batch_size, st.seed, epoch)):
-                a, b, t, names = load_batch(data, idx[rank * share : (rank + 1) * share])
+            batches = epoch_batches(len(data), st.batch_size, st.seed, epoch)
+            for i in range(skip if epoch == start_epoch else 0, per_epoch):
+                a, b, t, names = load_batch(data, batches[i][rank * share : (rank + 1) * share])
                 loss, parts, fused = trainer.step(a, b, t, st)
                 if not math.isfinite(loss):
-                    last = latest_checkpoint(run_dir, trainer.ext)
-                    keep = f"; the last good checkpoint is {last[0]}" if last else ""
+                    last = newest_checkpoint(run_dir, trainer.ext)
+                    keep = f"; the last good checkpoint is {last}" if last else ""
                     raise FilmError(f"loss became {loss} at epoch {epoch + 1}, step {step}: training stopped{keep}")
                 if main:
                     log.record(step, epoch, i, per_epoch, cfg.epochs, loss, parts, lr)
@@ -629,7 +721,9 @@ def train(run: Run | RunConfig, trainer) -> str:
                 bar.update(1)
                 if cfg.max_steps is not None and step >= cfg.max_steps:
                     break
-            trainer.save(os.path.join(run_dir, "model", f"ckpt_{epoch + 1}{trainer.ext}"), epoch, step)
+                if cfg.save_every and step % cfg.save_every == 0 and i + 1 < per_epoch:
+                    save_step_checkpoint(trainer, run_dir, epoch, step, i + 1)
+            save_epoch_checkpoint(trainer, run_dir, epoch, step)
             if main:
                 log.line(f"This Epoch takes time: {time.time() - t0:.1f}s")
             if cfg.max_steps is not None and step >= cfg.max_steps:

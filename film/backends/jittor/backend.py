@@ -135,22 +135,26 @@ def prepare_launch(device: str, model_cfg: FilmConfig, cfg) -> None:
     precompile_training(model_cfg, cfg, resolve_device(device))
 
 
-def launch_command(nproc: int, argv: list[str]) -> list[str]:
+def launch_command(nproc: int, argv: list[str], *, max_restarts: int = 0, export: tuple[str, ...] = ()) -> list[str]:
     """film train --nproc N: the same command under OpenMPI's mpirun (root: --allow-run-as-root; more
-    ranks than cores: --oversubscribe)."""
+    ranks than cores: --oversubscribe), with the environment variables ``export`` passed to every rank. mpirun
+    has no elastic restarts: a failed rank ends the job (resume it with film train --resume)."""
     import os
     import shutil
     import sys
 
     from film.common.launch import MPI_INSTALL_HINT, mpicc
 
+    if max_restarts:
+        raise FilmError("--max-restarts is torchrun's (torch backend): under mpirun a failed rank ends the whole job; "
+                        "continue it with film train --resume RUN --nproc N")
     mpirun = shutil.which("mpirun")
     if mpirun is None or mpicc() is None:
         missing = "mpirun" if mpirun is None else "mpicc"
         raise FilmError(
             f"--nproc {nproc} with the jittor backend runs under MPI, but {missing} is not on PATH: {MPI_INSTALL_HINT}"
         )
-    cmd = [mpirun, "-np", str(nproc), "-x", "FILM_JITTOR_PRECOMPILED=1"]
+    cmd = [mpirun, "-np", str(nproc), "-x", "FILM_JITTOR_PRECOMPILED=1", *(f for name in export for f in ("-x", name))]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-run-as-root")  # OpenMPI refuses root without it
     if nproc > (os.cpu_count() or 1):

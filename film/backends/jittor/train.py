@@ -15,7 +15,13 @@ from film.common import loss as L
 from film.common.recompute import set_recompute
 from film.common.safeio import read_jittor_pkl, write_jittor_pkl
 from film.common.spec import OFFICIAL, OFFICIAL_RECIPE, param_schema
-from film.common.training import TrainerBase, resume_checkpoint, resume_state_errors, steplr_state
+from film.common.training import (
+    TrainerBase,
+    resume_checkpoint,
+    resume_position,
+    resume_state_errors,
+    steplr_state,
+)
 from film.errors import FilmError
 
 compute_loss = functools.partial(L.compute_loss, ops)  # (a, b, f, cfg) -> (loss, parts)
@@ -180,17 +186,19 @@ class Trainer(TrainerBase):
         }
         return {"state": state, "param_groups": [group]}
 
-    def save(self, path: str, epoch: int, step: int) -> None:
-        """{'model': state_dict, 'optimizer1', 'lr_schedule1', 'epoch', 'step'} as jt.save writes it (atomic)."""
+    def save(self, path: str, epoch: int, step: int, batch: int | None = None) -> None:
+        """{'model': state_dict, 'optimizer1', 'lr_schedule1', 'epoch', 'step'} (+ 'batch' mid-epoch) as jt.save
+        writes it (atomic)."""
         if self.rank == 0:  # the other ranks hold the same weights and only wait
             write_jittor_pkl(
                 path,
                 {
                     "model": self.params_numpy(),
                     "optimizer1": self.optimizer_state(),
-                    "lr_schedule1": steplr_state(self.recipe, epoch),
+                    "lr_schedule1": steplr_state(self.recipe, epoch if batch is None else epoch - 1),
                     "epoch": epoch,
                     "step": step,
+                    **({} if batch is None else {"batch": batch}),
                 },
             )
         self.barrier()
@@ -209,7 +217,7 @@ class Trainer(TrainerBase):
                         raise ValueError(f"state {i} {key} has shape {arr.shape}, expected {tuple(var.shape)}")
                     var.update(jt.array(arr))
             self.opt.adam_steps = self.opt.n_step = int(float(opt["state"][0]["step"]))
-        return {"epoch": int(ck["epoch"]), "step": int(ck["step"])}
+        return resume_position(ck, path)
 
 
 PRECOMPILED = "FILM_JITTOR_PRECOMPILED"  # set for the ranks by film train --nproc, which precompiles first

@@ -175,7 +175,7 @@ def check_launcher() -> None:
     raise FilmError(_INFERENCE_ONLY)
 
 
-def launch_command(nproc: int, argv: list[str]) -> list[str]:
+def launch_command(nproc: int, argv: list[str], *, max_restarts: int = 0, export: tuple[str, ...] = ()) -> list[str]:
     raise FilmError(_INFERENCE_ONLY)
 
 

@@ -136,12 +136,14 @@ def check_launcher() -> None:
         )
 
 
-def launch_command(nproc: int, argv: list[str]) -> list[str]:
-    """film train --nproc N: the same command under torchrun (DistributedDataParallel)."""
+def launch_command(nproc: int, argv: list[str], *, max_restarts: int = 0, export: tuple[str, ...] = ()) -> list[str]:
+    """film train --nproc N: the same command under torchrun (DistributedDataParallel); ``max_restarts``: how
+    often its elastic agent restarts the whole group after a worker failed (the workers resume from the newest
+    checkpoint). The workers inherit the launcher's environment (``export`` is for mpirun)."""
     import sys
 
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "film", *argv]
+            f"--max-restarts={max_restarts}", "-m", "film", *argv]
 
 
 def prepare_launch(device: str, model_cfg: FilmConfig, cfg) -> None:

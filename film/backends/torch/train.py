@@ -22,7 +22,13 @@ from film.common import loss as L
 from film.common.atomic import atomic_path
 from film.common.recompute import set_recompute
 from film.common.spec import DATAPARALLEL_PREFIX, OFFICIAL, OFFICIAL_RECIPE
-from film.common.training import TrainerBase, resume_checkpoint, resume_state_errors, steplr_state
+from film.common.training import (
+    TrainerBase,
+    resume_checkpoint,
+    resume_position,
+    resume_state_errors,
+    steplr_state,
+)
 from film.errors import FilmError
 
 compute_loss = functools.partial(L.compute_loss, ops)  # (a, b, f, cfg) -> (loss, parts)
@@ -103,7 +109,15 @@ class Trainer(TrainerBase):
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.forward = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            # DDP's gradient buckets take each parameter's strides. A channels_last depth-wise (C, 1, 3, 3) or 1x1
+            # (O, I, 1, 1) weight has other strides than the gradient autograd makes for it (the same bytes: the
+            # size-1 axis), so DDP copied every such gradient ("Grad strides do not match bucket view strides").
+            # The gradients are made once in the parameters' own layout and kept (zeroed in place, never freed:
+            # _chunk), as views into DDP's buckets: no copy, and the same numbers.
+            for p in self.model.parameters():
+                p.grad = torch.zeros_like(p)  # preserve_format: the parameter's strides
+            devices = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = DistributedDataParallel(self.model, device_ids=devices, gradient_as_bucket_view=True)
         self.opt = torch.optim.Adam(
             self.model.parameters(),
             lr=cfg.lr,
@@ -123,8 +137,8 @@ class Trainer(TrainerBase):
         return a_.contiguous(memory_format=fmt), b_.contiguous(memory_format=fmt), t_
 
     def _chunk(self, a, b, t, share: float, first: bool, last: bool, cfg):
-        if first:
-            self.opt.zero_grad()
+        if first:  # under DDP the gradients stay DDP's bucket views, in the parameters' layout (build)
+            self.opt.zero_grad(set_to_none=self.world == 1)
         a_, b_, t_ = self._inputs(a, b, t)
         # DDP all-reduces the gradients once, after the last chunk
         sync = contextlib.nullcontext() if last or self.world == 1 else self.forward.no_sync()
@@ -157,15 +171,17 @@ class Trainer(TrainerBase):
     def params_numpy(self) -> dict:
         return dict(state_dict_numpy(self.model))
 
-    def save(self, path: str, epoch: int, step: int) -> None:
-        """The official training dict, DataParallel keys; written to a temp file, then renamed (rank 0 only)."""
+    def save(self, path: str, epoch: int, step: int, batch: int | None = None) -> None:
+        """The official training dict, DataParallel keys (+ ``batch`` mid-epoch); written to a temp file, then
+        renamed (rank 0 only)."""
         sd = self.model.state_dict()
         ckpt = {
             "model": OrderedDict((DATAPARALLEL_PREFIX + k, v.contiguous()) for k, v in sd.items()),  # NCHW order
             "optimizer1": self.opt.state_dict(),
-            "lr_schedule1": steplr_state(self.recipe, epoch),
+            "lr_schedule1": steplr_state(self.recipe, epoch if batch is None else epoch - 1),
             "epoch": epoch,
             "step": step,
+            **({} if batch is None else {"batch": batch}),
         }
         if self.rank == 0:
             with atomic_path(path) as tmp:
@@ -185,7 +201,7 @@ class Trainer(TrainerBase):
         with resume_state_errors(path):
             self.build(recipe, sd)
             self.opt.load_state_dict(ck["optimizer1"])
-        return {"epoch": int(ck["epoch"]), "step": int(ck["step"])}
+        return resume_position(ck, path)
 
 
 def grads_numpy(model) -> dict:
