@@ -80,44 +80,90 @@ def launch(backend: str, device: str, nproc: int, argv: list[str], *, model_cfg:
         return 130
     if code:  # the launcher has stopped every process; its report and the failing rank's error are above
         why = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-        rank = failed_rank(report)
-        who = f"rank {rank} failed" if rank is not None else f"the launcher ended with {why}"
+        rank, how = failed_rank(report)
+        who = f"rank {rank} failed{': ' + how if how else ''}" if rank is not None else f"the launcher ended with {why}"
         restarts = f" after {max_restarts} restart(s)" if max_restarts else ""
         again = f": resume it with film train --resume {run_dir} --nproc {nproc}" if run_dir else ""
-        print(f"film train: the {nproc}-process job failed{restarts} ({who}; its error is above){again}",
+        above = "" if how.startswith("killed") else "; its error is above"
+        print(f"film train: the {nproc}-process job failed{restarts} ({who}{above}){again}",
               file=sys.stderr, flush=True)
     return code
 
 
 def relay(proc, keep: int = 1 << 16) -> tuple[int, str]:
-    """Pass a launcher's stderr through as it comes (progress bars included) and keep its last ``keep``
-    characters; returns (exit code, that tail)."""
+    """Pass a launcher's stderr through as it comes (the workers' lines and progress bars), leaving out the
+    launcher's own logging and traceback (``launcher_noise``: film says what failed in one line at the end), and
+    keep the last ``keep`` characters of all of it; returns (exit code, that tail)."""
     import os
     import sys
 
-    tail = b""
+    tail, pending, noise = b"", b"", False
     fd = proc.stderr.fileno()
     while True:
         chunk = os.read(fd, 4096)
+        tail = (tail + chunk)[-keep:]
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        out = []
+        for line in lines:
+            noise = launcher_noise(line.decode("utf-8", "replace"), noise)
+            if not noise:
+                out.append(line + b"\n")
+        if b"\r" in pending or not chunk:  # a progress bar's redraw (or the end): as it comes
+            out.append(pending)
+            pending = b""
+        sys.stderr.buffer.write(b"".join(out))
+        sys.stderr.flush()
         if not chunk:
             break
-        sys.stderr.buffer.write(chunk)
-        sys.stderr.flush()
-        tail = (tail + chunk)[-keep:]
     return proc.wait(), tail.decode("utf-8", "replace")
 
 
-def failed_rank(report: str) -> int | None:
-    """The rank a launcher's failure report names: torchrun's "Root Cause" block, OpenMPI's "process rank N" or
-    "Process name: [[job,N]]", or film's own "rank N: error" line."""
+def launcher_noise(line: str, inside: bool) -> bool:
+    """Whether a line of torchrun's stderr is its own: its agent's log lines ("E1203 12:00:00.000 123
+    torch/distributed/elastic/...") and the traceback and failure summary it ends with (``inside``: the previous
+    line was one of those). The workers' one-line errors pass."""
     import re
 
-    for pattern in (r"Root Cause.*?\brank\s*:\s*(\d+)", r"process rank (\d+)", r"Process name: \[\[\d+,(\d+)\]",
-                    r"\brank (\d+): (?:internal )?error"):
+    if line.startswith("Traceback (most recent call last):") or re.match(r"[IWE]\d{4} [\d:.]+ \d+ \S*torch/distributed/", line):
+        return True
+    if inside:  # the traceback and the ChildFailedError summary run to the end of the launcher's output
+        return not line.startswith("film train:")
+    return False
+
+
+def failed_rank(report: str) -> tuple[int | None, str]:
+    """The rank a launcher's failure report names, and how it ended: torchrun's "Root Cause" block (rank,
+    exitcode), OpenMPI's "process rank N ... exited on signal S" or "Process name: [[job,N]]", or film's own
+    "rank N: error" line. (None, "") when the report names none."""
+    import re
+    import signal
+
+    def died(code: int) -> str:
+        if code < 0:
+            try:
+                return f"killed by signal {-code} ({signal.Signals(-code).name})"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit code {code}"
+
+    # torchrun lists every failed worker; one killed by a signal is the cause (its peers then fail on the lost
+    # connection, sometimes first, or get torchrun's own SIGTERM), else its "Root Cause"
+    entry = r"\brank\s*:\s*(\d+)[^\n]*\n(?:[^\n]*\n)??\s*exitcode\s*:\s*(-?\d+)"
+    failures = [(int(r), int(c)) for r, c in re.findall(entry, report)]
+    killed = [f for f in failures if f[1] < 0 and f[1] != -signal.SIGTERM]
+    m = re.search(r"Root Cause.*?\brank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", report, re.S)
+    if killed or m:
+        rank, code = killed[0] if killed else (int(m.group(1)), int(m.group(2)))
+        return rank, died(code)
+    m = re.search(r"process rank (\d+)[^\n]*?exited on signal (\d+)", report)
+    if m:
+        return int(m.group(1)), died(-int(m.group(2)))
+    for pattern in (r"process rank (\d+)", r"Process name: \[\[\d+,(\d+)\]", r"\brank (\d+): (?:internal )?error"):
         m = re.search(pattern, report, re.S)
         if m:
-            return int(m.group(1))
-    return None
+            return int(m.group(1)), ""
+    return None, ""
 
 
 def train(

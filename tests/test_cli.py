@@ -738,7 +738,7 @@ def test_train_resume_without_checkpoint(capsys, tmp_path, tb):
           match="not a run folder (param.json missing")
     (tmp_path / "run" / "param.json").write_text('{"backend": "torch"}')
     fails(capsys, "train", "--backend", "torch", "--h5", h5, "--resume", str(tmp_path / "run"), "--device", "cpu",
-          match="no model/ckpt_<epoch>.pth to resume from")
+          match="no model/ckpt_<epoch>.pth or step_<step>.pth to resume from")
 
 
 def test_train_nan_text_in_train_h5(tmp_path, tb):
@@ -914,7 +914,7 @@ def test_train_resume_reads_h5_from_run(capsys, tmp_path, tb):
     params = json.load(open(os.path.join(run_dir, "param.json")))
     assert set(params) == {"h5", "backend", "out", "epochs", "device", "init", "resume", "max_steps", "batch_size",
                            "lr", "step_size", "gamma", "grad_weight", "ssim_weight", "seed", "recompute", "fast",
-                           "heap_reuse", "micro_batch", "world_size", "model_config", "init_drawn"}
+                           "heap_reuse", "micro_batch", "save_every", "world_size", "model_config", "init_drawn"}
     assert params["epochs"] == 2 and params["backend"] == "torch"
     # how the starting weights were drawn: PyTorch's default init in numpy from the seed (the same in Jittor)
     assert "numpy" in params["init_drawn"] and params["init_drawn"].endswith("seed 0")

@@ -265,16 +265,16 @@ def _kill_rank_when(out: str, rank: int, lines: int, proc: subprocess.Popen, tim
     pytest.fail(f"no {lines} logged steps within {timeout:.0f}s")
 
 
-def _close_to(a: dict, b: dict, lr: float) -> None:
-    """Two runs of the same training in different process layouts: every element within 2e-5, or within Adam's
-    sign-noise envelope (a rounding-level gradient of either sign moves an element by up to lr per step) for at
-    most 1 % of the elements."""
-    close = total = 0
+def _like_one_process(run: str, single: str, ext: str, lr: float, steps: int) -> None:
+    """A data-parallel run against the same training in one process: the first step's loss to float rounding (the
+    same weights and batch; the gradient is then an average of two half-batch means), and every weight within
+    Adam's sign-noise envelope (a rounding-level gradient of either sign moves an element by up to lr per step:
+    measured on this tiny network at lr 1e-3, 12 steps: up to 7.5e-3 apart)."""
+    assert _records(run)[0]["loss"] == pytest.approx(_records(single)[0]["loss"], rel=1e-5)
+    a = _weights(os.path.join(run, "model", f"ckpt_{steps // 4}{ext}"))
+    b = _weights(os.path.join(single, "model", f"ckpt_{steps // 4}{ext}"))
     for k in a:
-        d = np.abs(a[k] - b[k])
-        close, total = close + int((d <= 2e-5).sum()), total + d.size
-        assert float(d.max()) <= 2 * lr * 12, k
-    assert close >= 0.99 * total, f"only {close} of {total} elements within 2e-5"
+        assert float(np.abs(a[k] - b[k]).max()) <= 2 * lr * steps, k
 
 
 @pytest.mark.slow
@@ -291,6 +291,10 @@ def test_elastic_restart_after_a_killed_worker(tb, tmp_path):
     p = run_group(_film(*common, "--out", tmp_path / "single"), 600, env)
     assert p.returncode == 0, p.stderr[-3000:]
     (single,) = [os.path.join(tmp_path, "single", d) for d in os.listdir(tmp_path / "single")]
+    p = run_group(_film(*common, "--nproc", "2", "--out", tmp_path / "ddp"), 600, env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "Grad strides do not match bucket view strides" not in p.stderr
+    (ddp,) = [os.path.join(tmp_path, "ddp", d) for d in os.listdir(tmp_path / "ddp")]
     out = str(tmp_path / "elastic")
     proc = subprocess.Popen(_film(*common, "--nproc", "2", "--max-restarts", "1", "--out", out), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -303,8 +307,10 @@ def test_elastic_restart_after_a_killed_worker(tb, tmp_path):
     assert proc.returncode == 0, stderr[-3000:]
     (run,) = [os.path.join(out, d) for d in os.listdir(out)]
     assert [r["step"] for r in _records(run)] == list(range(12))
-    _close_to(_weights(os.path.join(single, "model", "ckpt_3.pth")), _weights(os.path.join(run, "model", "ckpt_3.pth")),
-              1e-3)
+    # the uninterrupted 2-process run's weights (measured: identical), and one process's up to DDP's rounding
+    _same(_weights(os.path.join(run, "model", "ckpt_3.pth")), _weights(os.path.join(ddp, "model", "ckpt_3.pth")),
+          exact=False, atol=1e-6)
+    _like_one_process(run, single, ".pth", 1e-3, 12)
     # no restarts left: one line naming the rank that failed
     out = str(tmp_path / "no_restarts")
     proc = subprocess.Popen(_film(*common, "--nproc", "2", "--out", out), env=env, stdout=subprocess.PIPE,
@@ -350,8 +356,7 @@ def test_two_torchrun_nodes_on_one_machine(tb, tmp_path):
     (run,) = [os.path.join(tmp_path, "nodes", d) for d in os.listdir(tmp_path / "nodes")]
     assert json.load(open(os.path.join(run, "param.json")))["world_size"] == 2
     assert [r["step"] for r in _records(run)] == list(range(8))
-    _close_to(_weights(os.path.join(single, "model", "ckpt_2.pth")), _weights(os.path.join(run, "model", "ckpt_2.pth")),
-              1e-3)
+    _like_one_process(run, single, ".pth", 1e-3, 8)
 
 
 def _mpi_or_skip():

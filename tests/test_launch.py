@@ -123,14 +123,13 @@ def test_nproc_from_a_folder_holding_a_film_clone(tb, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     seen = {}
 
-    real_run = subprocess.run
+    real_popen = subprocess.Popen
 
-    def fake_call(cmd, env=None):
+    def fake_popen(cmd, env=None, stderr=None):  # the launcher runs the package as the workers would
         seen["env"] = env
-        r = real_run([sys.executable, "-m", "film", "--version"], env=env, cwd=tmp_path, capture_output=True, text=True)
-        seen["err"] = r.stderr
-        return r.returncode
+        return real_popen([sys.executable, "-m", "film", "--version"], env=env, cwd=tmp_path, stderr=stderr,
+                          stdout=subprocess.DEVNULL)
 
-    monkeypatch.setattr(subprocess, "call", fake_call)
+    monkeypatch.setattr(subprocess, "Popen", fake_popen)
     assert launch("torch", "cpu", 2, ["train", "--h5", "x.h5"]) == 0, seen.get("err")
     assert seen["env"]["PYTHONSAFEPATH"] == "1"

@@ -56,7 +56,13 @@ class Trainer(TrainerBase):
             torch.cuda.set_device(local)
             self.device = torch.device("cuda", local)
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+            if attempt is None:  # env:// set by hand (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE)
+                dist.init_process_group(backend)
+            else:  # under torchrun: the keys of this attempt only (see elastic_store)
+                rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+                dist.init_process_group(backend, store=elastic_store(rank, world, attempt), rank=rank, world_size=world)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
 
     @staticmethod
@@ -202,6 +208,22 @@ class Trainer(TrainerBase):
             self.build(recipe, sd)
             self.opt.load_state_dict(ck["optimizer1"])
         return resume_position(ck, path)
+
+
+def elastic_store(rank: int, world: int, attempt: str):
+    """The rendezvous store of a torchrun worker, its keys prefixed by the restart attempt. After torchrun's elastic
+    agent restarted a group, the new workers' gloo rendezvous read the first attempt's keys from the agent's store
+    (the same store and key names) and waited for its dead processes for ever (torch 2.13, measured: every
+    restart hung in ProcessGroupGloo's constructor); with a prefix per attempt they meet each other."""
+    import datetime
+
+    import torch.distributed as dist
+
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # the agent serves the store; else rank 0
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=rank == 0 and not agent, timeout=datetime.timedelta(minutes=30),
+                          wait_for_workers=False)
+    return dist.PrefixStore(f"film/attempt{attempt}", store)
 
 
 def grads_numpy(model) -> dict:
