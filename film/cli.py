@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     from film import __version__
 
     p.add_argument("--version", action="version", version=f"film {__version__}")
+    p.set_defaults(argv=None)  # main's argv: film train --nproc re-launches the same command
     register_all(p.add_subparsers(dest="command", required=True))
     return p
 
