@@ -57,7 +57,7 @@ def register(sub) -> None:
     t.add_argument("--save-every", type=int, default=SAVE_EVERY, metavar="N",
                    help=f"a resumable checkpoint every N steps within an epoch, model/step_<step> (the newest "
                    f"{KEEP_STEP_CHECKPOINTS} kept; ckpt_<epoch> at each epoch's end as always); default {SAVE_EVERY}: "
-                   "a write takes ~0.1 s against ~10 s a step on 2 CPU cores, under 2 %% of the time even on a GPU; "
+                   "a write takes 0.1-0.25 s against ~10 s a step on 2 CPU cores (under 0.1 %%; at most ~5 %% on a GPU); "
                    "0: at the end of epochs only")
     add_config(t)
     t.set_defaults(func=run)
