@@ -49,15 +49,23 @@ def _sha256(checkpoint: str) -> str:
     return h.hexdigest()
 
 
+def check_target(output: str) -> None:
+    """One FilmError, before any work, for an output film export cannot write: not an .onnx name, or a refused
+    location."""
+    from film.common.atomic import check_output_file
+
+    if not output.endswith(".onnx"):
+        raise FilmError(f"{output}: the output of film export is an .onnx file")
+    check_output_file(output)
+
+
 def export(checkpoint: str, output: str, *, opset: int = OPSET) -> dict:
     """Write the ONNX model of ``checkpoint`` (any format film reads, ``demo`` or ``random``) to ``output``
     (atomically); returns its metadata."""
     _need_onnx()
-    if not output.endswith(".onnx"):
-        raise FilmError(f"{output}: the output of film export is an .onnx file")
-    from film.common.atomic import atomic_path, check_output_file
+    check_target(output)
+    from film.common.atomic import atomic_path
 
-    check_output_file(output)
     ck = load_checkpoint(checkpoint)  # refuses a bad file in one line, before any export work
     import torch
 
@@ -170,9 +178,7 @@ def export_checked(checkpoint: str, output: str, *, opset: int = OPSET, on_expor
     runs between the two, ``on_row`` after each checked pair. Returns (metadata, ok, rows)."""
     import os
 
-    from film.common.atomic import check_output_file
-
-    check_output_file(output)  # a refused location fails here, in one line, before the export
+    check_target(output)  # a refused name or location fails here, in one line, before the export
     target = os.path.join(os.path.dirname(os.path.abspath(output)),
                           f".film-check-{os.getpid()}-{os.path.basename(output)}")
     try:

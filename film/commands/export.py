@@ -23,10 +23,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from film.common.atomic import check_output_file
-    from film.export import CHECK_FACTOR, CHECK_FLOOR, export, export_checked
+    from film.export import CHECK_FACTOR, CHECK_FLOOR, check_target, export, export_checked
 
-    check_output_file(args.output)  # a refused location fails here, in one line, before the export
+    check_target(args.output)  # a refused name or location fails here, in one line, before the export
     t0 = time.time()
     print("film export: tracing the network for every image size (a minute or two on 2 cores)...", file=sys.stderr,
           flush=True)

@@ -167,8 +167,8 @@ def measured_train_memory(table: dict, backend: str, recompute: str, heap_reuse:
 
 def train_memory_need(fixed: int, per_px: int, batch: int, h: int, w: int, token_grid: tuple[int, int]) -> int:
     """Estimated peak resident memory of a training step: fixed + batch x per-pixel x max(H x W, token grid)
-    (the cross-attention runs on the token grid whatever the image size; scripts/calibrate_train_memory.py measured
-    the two constants, scripts/calibrate_train_memory.py)."""
+    (the cross-attention runs on the token grid whatever the image size); the two constants are each backend's
+    ``train_memory``, measured by scripts/calibrate_train_memory.py."""
     return int(fixed + batch * per_px * max(h * w, token_grid[0] * token_grid[1]))
 
 
@@ -443,7 +443,8 @@ class TrainerBase:
 
     def _chunk(self, a, b, t, share: float, first: bool, last: bool, cfg: StepConfig):
         """Forward and backward of one chunk, its loss scaled by ``share`` and added to the gradients (``first``,
-        ``last``: the batch's first and last chunk). Returns (the framework vector [loss, *terms] x share, term names, fused numpy)."""
+        ``last``: the batch's first and last chunk). Returns (the framework vector [loss, *terms] x share, the term
+        names, the fused numpy batch)."""
         raise NotImplementedError
 
     def _update(self, total) -> list[float]:
