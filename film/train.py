@@ -98,6 +98,7 @@ def relay(proc, keep: int = 1 << 16) -> tuple[int, str]:
     import sys
 
     tail, pending, noise = b"", b"", False
+    keep_all = os.environ.get("FILM_DEBUG") == "1"  # every traceback, the workers' and the launcher's
     fd = proc.stderr.fileno()
     while True:
         chunk = os.read(fd, 4096)
@@ -106,7 +107,7 @@ def relay(proc, keep: int = 1 << 16) -> tuple[int, str]:
         *lines, pending = pending.split(b"\n")
         out = []
         for line in lines:
-            noise = launcher_noise(line.decode("utf-8", "replace"), noise)
+            noise = not keep_all and launcher_noise(line.decode("utf-8", "replace"), noise)
             if not noise:
                 out.append(line + b"\n")
         if b"\r" in pending or not chunk:  # a progress bar's redraw (or the end): as it comes

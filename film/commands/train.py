@@ -78,7 +78,13 @@ def run(args) -> int:
                         backend=args.backend or "torch", out=args.out, epochs=args.epochs, resume=args.resume)
         run = resolve_run(cfg, backend_given=args.backend is not None)  # the run's own backend on --resume
         # the run folder, named here once: every worker, and every worker restarted by torchrun, uses it
-        run_dir = args.resume or os.path.join(args.out, run_name(run.cfg))
+        run_dir = args.resume
+        if not run_dir:  # a new folder (a second job started in the same minute gets its own, not this one's)
+            base = run_dir = os.path.join(args.out, run_name(run.cfg))
+            n = 1
+            while os.path.exists(run_dir):
+                n += 1
+                run_dir = f"{base}_{n}"
         return launch(run.cfg.backend, args.device, args.nproc, sys.argv[1:] if args.argv is None else args.argv,
                       model_cfg=model_config(args, OFFICIAL), step_cfg=run.cfg.step, run_dir=run_dir,
                       max_restarts=args.max_restarts)
