@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from film.common.atomic import atomic_path, check_can_make_dirs, make_dirs
+from film.common.atomic import TEMP_PREFIX, atomic_path, check_can_make_dirs, make_dirs
 from film.defaults import DEFAULT_ENCODER
 from film.errors import FilmError
 
@@ -192,7 +192,7 @@ def save_pretrained(folder: str, parts: list, what: str) -> None:
     import shutil
     import tempfile
 
-    tmp = tempfile.mkdtemp(prefix=".film-tmp-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=parent)
     try:
         with quiet_transformers():
             for part in parts:

@@ -167,7 +167,7 @@ def failed_rank(report: str) -> tuple[int | None, str]:
     return None, ""
 
 
-def train(
+def run_config(
     h5: str | None = None,
     *,
     backend: str | None = None,
@@ -185,33 +185,37 @@ def train(
     resume: str | None = None,
     max_steps: int | None = None,
     save_every: int = SAVE_EVERY,
-    model_cfg: FilmConfig = OFFICIAL,
     recompute: str = "auto",
     micro_batch: int | None = None,
     fast: bool | None = None,
     heap_reuse: bool = False,
-) -> str:
-    """Train FILM with the official recipe (None = the official value) in either backend; returns the run
-    folder (written by rank 0 alone under torchrun / mpirun). ``resume``: a run folder to continue exactly
-    (its backend, H5 and recipe are taken from its param.json). How each step runs (the same numbers either way;
-    docs/training.md): ``recompute`` (auto, none, blocks, all), ``micro_batch`` (None: planned to fit in memory),
-    ``fast`` (the channels-last layout; None: on for CPU), ``heap_reuse`` (CPU: glibc keeps freed memory for
-    reuse while training runs, about 2x a step: a process-wide malloc setting, so off unless asked for here;
-    film train asks; film.common.heap). ``save_every``: a resumable mid-epoch checkpoint every this many steps
-    (0: at the end of each epoch only). Under film train --nproc a worker restarted by torchrun resumes the
-    launcher's run folder on its own."""
-    import os
-
-    resume = resume or elastic_resume(os.environ.get(RUN_DIR_ENV))
+) -> RunConfig:
+    """The RunConfig of film train's options (None = the official value; ``backend`` None: torch, or on --resume the
+    run's own). ``resume``: a run folder to continue exactly (its backend, H5 and recipe are taken from its
+    param.json). How each step runs (the same numbers either way; docs/training.md): ``recompute`` (auto, none,
+    blocks, all), ``micro_batch`` (None: planned to fit in memory), ``fast`` (the channels-last layout; None: on for
+    CPU), ``heap_reuse`` (CPU: glibc keeps freed memory for reuse while training runs, about 2x a step: a
+    process-wide malloc setting, so off unless asked for here; film train asks; film.common.heap). ``save_every``: a
+    resumable mid-epoch checkpoint every this many steps (0: at the end of each epoch only)."""
     recipe = {k: v for k, v in (("batch_size", batch_size), ("lr", lr), ("step_size", step_size), ("gamma", gamma),
                                 ("grad_weight", grad_weight), ("ssim_weight", ssim_weight)) if v is not None}
     step = StepConfig(seed=seed, recompute=recompute, fast=fast, heap_reuse=heap_reuse, micro_batch=micro_batch,
                       **recipe)
-    cfg = RunConfig(h5=h5 or "", step=step, backend=backend or "torch", out=out, epochs=epochs, device=device,
-                    init=init, resume=resume, max_steps=max_steps, save_every=save_every)
-    run = resolve_run(cfg, None if model_cfg is OFFICIAL else model_cfg, backend_given=backend is not None)
+    return RunConfig(h5=h5 or "", step=step, backend=backend or "torch", out=out, epochs=epochs, device=device,
+                     init=init, resume=resume, max_steps=max_steps, save_every=save_every)
+
+
+def train(h5: str | None = None, *, model_cfg: FilmConfig = OFFICIAL, **options) -> str:
+    """Train FILM with the official recipe in either backend; returns the run folder (written by rank 0 alone under
+    torchrun / mpirun). ``options``: those of :func:`run_config` (backend, epochs, lr, resume, ...). Under film
+    train --nproc a worker restarted by torchrun resumes the launcher's run folder on its own."""
+    import os
+
+    options["resume"] = options.get("resume") or elastic_resume(os.environ.get(RUN_DIR_ENV))
+    cfg = run_config(h5, **options)
+    run = resolve_run(cfg, None if model_cfg is OFFICIAL else model_cfg, backend_given=options.get("backend") is not None)
     check_name(run.cfg.backend, FRAMEWORKS)  # onnx runs exported models: inference only
-    trainer = make_trainer(run.cfg.backend, device, run.model_cfg)
+    trainer = make_trainer(run.cfg.backend, cfg.device, run.model_cfg)
     try:
         return train_loop(run, trainer)
     finally:

@@ -16,6 +16,7 @@ import pytest
 from conftest import run_group
 from test_parity_train import _tiny_h5
 
+from film.common.atomic import TEMP_PREFIX
 from film.common.init import random_state_dict
 from film.common.spec import TINY
 from film.common.training import RunConfig, StepConfig, train
@@ -176,24 +177,29 @@ def _film(*args) -> list[str]:
     return [sys.executable, "-m", "film", *map(str, args)]
 
 
-def _kill_when(proc: subprocess.Popen, record: str, lines: int, timeout: float = 600) -> None:
-    """SIGKILL the process group of ``proc`` once ``record`` (a losses.jsonl path pattern's folder) has
-    ``lines`` lines."""
+def _wait_for_steps(out: str, lines: int, proc: subprocess.Popen, timeout: float = 600) -> None:
+    """Wait until the run under ``out`` has logged ``lines`` steps (its losses.jsonl), failing the test when the job
+    ends first or the time runs out."""
     import glob
 
     t0 = time.time()
     while time.time() - t0 < timeout:
-        for path in glob.glob(record):
+        for path in glob.glob(os.path.join(out, "*", "losses.jsonl")):
             with open(path) as f:
                 if sum(1 for _ in f) >= lines:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
                     return
         if proc.poll() is not None:
             pytest.fail(f"the run ended (exit {proc.returncode}) before it logged {lines} steps")
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     pytest.fail(f"no {lines} logged steps within {timeout:.0f}s")
+
+
+def _kill_when(proc: subprocess.Popen, out: str, lines: int) -> None:
+    """SIGKILL the whole process group of ``proc`` once its run under ``out`` has logged ``lines`` steps."""
+    _wait_for_steps(out, lines, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 @pytest.mark.slow
@@ -215,7 +221,7 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(request, tmp_path, bac
         out = tmp_path / f"killed_{kill_after}"
         proc = subprocess.Popen(_film(*common, "--out", out), env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
-        _kill_when(proc, str(out / "*" / "losses.jsonl"), kill_after)
+        _kill_when(proc, str(out), kill_after)
         (run,) = [os.path.join(out, d) for d in os.listdir(out)]
         p = run_group(_film("train", "--resume", run, "--config", "tiny", "--device", "cpu"), 600, env)
         assert p.returncode == 0, p.stderr[-3000:]
@@ -224,7 +230,7 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(request, tmp_path, bac
         ext = EXT[backend]
         _same(_weights(os.path.join(full, "model", f"ckpt_3{ext}")),
               _weights(os.path.join(run, "model", f"ckpt_3{ext}")), exact)
-        assert not [f for f in os.listdir(os.path.join(run, "model")) if f.startswith(".film-tmp")]
+        assert not [f for f in os.listdir(os.path.join(run, "model")) if f.startswith(TEMP_PREFIX)]
 
 
 def _worker_pids(out_dir: str, rank: int) -> list[int]:
@@ -246,23 +252,13 @@ def _worker_pids(out_dir: str, rank: int) -> list[int]:
     return pids
 
 
-def _kill_rank_when(out: str, rank: int, lines: int, proc: subprocess.Popen, timeout: float = 600) -> None:
-    import glob
-
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        for path in glob.glob(os.path.join(out, "*", "losses.jsonl")):
-            with open(path) as f:
-                if sum(1 for _ in f) >= lines:
-                    pids = _worker_pids(out, rank)
-                    assert pids, f"no rank {rank} worker found"
-                    for pid in pids:
-                        os.kill(pid, signal.SIGKILL)
-                    return
-        if proc.poll() is not None:
-            pytest.fail(f"the job ended (exit {proc.returncode}) before it logged {lines} steps")
-        time.sleep(0.02)
-    pytest.fail(f"no {lines} logged steps within {timeout:.0f}s")
+def _kill_rank_when(out: str, rank: int, lines: int, proc: subprocess.Popen) -> None:
+    """SIGKILL the worker of ``rank`` (only it) once the job's run under ``out`` has logged ``lines`` steps."""
+    _wait_for_steps(out, lines, proc)
+    pids = _worker_pids(out, rank)
+    assert pids, f"no rank {rank} worker found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
 
 
 def _like_one_process(run: str, single: str, ext: str, lr: float, steps: int) -> None:

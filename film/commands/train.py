@@ -64,23 +64,23 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from film.train import is_main_process, launch, train
+    from film.train import is_main_process, launch, run_config, train
 
+    options = dict(backend=args.backend, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                   step_size=args.step_size, gamma=args.gamma, grad_weight=args.grad_weight,
+                   ssim_weight=args.ssim_weight, seed=args.seed, device=args.device, init=args.init, resume=args.resume,
+                   max_steps=args.max_steps, recompute=args.recompute, micro_batch=args.micro_batch, fast=args.fast,
+                   heap_reuse=True, save_every=args.save_every)
     if args.nproc is not None and args.nproc != 1:
         import os
 
-        from film.common.training import RunConfig, StepConfig, resolve_run, run_name
+        from film.common.training import resolve_run, run_name
 
-        recipe = {k: v for k in ("batch_size", "lr", "step_size", "gamma", "grad_weight", "ssim_weight")
-                  if (v := getattr(args, k)) is not None}
-        cfg = RunConfig(h5=args.h5 or "", step=StepConfig(seed=args.seed, recompute=args.recompute, fast=args.fast,
-                                                           **recipe),
-                        backend=args.backend or "torch", out=args.out, epochs=args.epochs, resume=args.resume)
-        run = resolve_run(cfg, backend_given=args.backend is not None)  # the run's own backend on --resume
-        # the run folder, named here once: every worker, and every worker restarted by torchrun, uses it
+        # the run's own backend and recipe on --resume
+        run = resolve_run(run_config(args.h5, **options), backend_given=args.backend is not None)
         run_dir = args.resume
-        if not run_dir:  # a new folder (a second job started in the same minute gets its own, not this one's)
-            base = run_dir = os.path.join(args.out, run_name(run.cfg))
+        if not run_dir:  # named here once: every worker, and every worker torchrun restarts, uses it; a second
+            base = run_dir = os.path.join(args.out, run_name(run.cfg))  # job in the same minute gets its own
             n = 1
             while os.path.exists(run_dir):
                 n += 1
@@ -92,13 +92,7 @@ def run(args) -> int:
         from film.errors import FilmError
 
         raise FilmError("--max-restarts restarts the processes of film train --nproc N (N > 1)")
-    run_dir = train(
-        args.h5, backend=args.backend, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        step_size=args.step_size, gamma=args.gamma, grad_weight=args.grad_weight, ssim_weight=args.ssim_weight,
-        seed=args.seed, device=args.device, init=args.init, resume=args.resume, max_steps=args.max_steps,
-        model_cfg=model_config(args, OFFICIAL), recompute=args.recompute, micro_batch=args.micro_batch,
-        fast=args.fast, heap_reuse=True, save_every=args.save_every,
-    )
+    run_dir = train(args.h5, model_cfg=model_config(args, OFFICIAL), **options)
     if is_main_process():
         print(f"run folder: {run_dir}")
     return 0

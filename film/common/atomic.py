@@ -21,6 +21,9 @@ def _target_mode(path: str) -> int:
         return 0o666 & ~mask
 
 
+TEMP_PREFIX = ".film-tmp-"  # a file being written; renamed when complete (what a kill leaves behind is only these)
+
+
 def _make_temp(path: str) -> str:
     """An empty temp file next to ``path``, or one FilmError saying why there can be none."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -31,7 +34,7 @@ def _make_temp(path: str) -> str:
     if not os.access(directory, os.W_OK):
         raise FilmError(f"{path}: output folder {directory} is not writable")
     try:  # root passes os.access everywhere, but /sys, /proc or a read-only mount still refuse the file
-        fd, tmp = tempfile.mkstemp(prefix=".film-tmp-", suffix=os.path.splitext(path)[1], dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=os.path.splitext(path)[1], dir=directory)
         os.close(fd)
     except OSError as e:
         raise FilmError(f"{path}: cannot write in {directory} ({e.strerror or e})") from None

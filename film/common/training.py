@@ -21,14 +21,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from film.common.atomic import guarded_write, make_dirs
+from film.common.atomic import TEMP_PREFIX, guarded_write, make_dirs
 from film.common.data import H5Pairs
 from film.common.images import write_png
 from film.common.spec import CHECKPOINT_KEYS, OFFICIAL, OFFICIAL_RECIPE, FilmConfig
 from film.defaults import KEEP_STEP_CHECKPOINTS, SAVE_EVERY
 from film.errors import FilmError
-
-_STEP_CKPT = re.compile(r"step_(\d+)(\.\w+)")
 
 
 @dataclass(frozen=True)
@@ -346,14 +344,20 @@ def resume_position(ck: dict, path: str) -> dict:
         return {"epoch": int(ck["epoch"]), "step": int(ck["step"]), "batch": None if batch is None else int(batch)}
 
 
-def step_checkpoints(run_dir: str, ext: str) -> list[tuple[str, int]]:
-    """The mid-epoch checkpoints model/step_<step><ext> of a run, oldest first."""
+def checkpoints(run_dir: str, kind: str, ext: str) -> list[tuple[str, int]]:
+    """A run's model/<kind>_<n><ext> files with their n, oldest first: kind "ckpt" (the end of epoch n, the
+    official layout) or "step" (mid-epoch, after n steps)."""
     found = []
-    for p in glob.glob(os.path.join(run_dir, "model", f"step_*{ext}")):
-        m = _STEP_CKPT.fullmatch(os.path.basename(p))
-        if m and m.group(2) == ext:
+    for p in glob.glob(os.path.join(run_dir, "model", f"{kind}_*{ext}")):
+        m = re.fullmatch(re.escape(kind) + r"_(\d+)" + re.escape(ext), os.path.basename(p))
+        if m:
             found.append((p, int(m.group(1))))
     return sorted(found, key=lambda f: f[1])
+
+
+def step_checkpoints(run_dir: str, ext: str) -> list[tuple[str, int]]:
+    """The mid-epoch checkpoints model/step_<step><ext> of a run, oldest first."""
+    return checkpoints(run_dir, "step", ext)
 
 
 def newest_checkpoint(run_dir: str, ext: str) -> str | None:
@@ -374,12 +378,9 @@ def remove_files(paths) -> None:
 
 
 def latest_checkpoint(run_dir: str, ext: str) -> tuple[str, int] | None:
-    best = None
-    for p in glob.glob(os.path.join(run_dir, "model", f"ckpt_*{ext}")):
-        m = re.fullmatch(r"ckpt_(\d+)" + re.escape(ext), os.path.basename(p))
-        if m and (best is None or int(m.group(1)) > best[1]):
-            best = (p, int(m.group(1)))
-    return best
+    """The last epoch's checkpoint model/ckpt_<epoch><ext> and its epoch, or None."""
+    found = checkpoints(run_dir, "ckpt", ext)
+    return found[-1] if found else None
 
 
 class TrainerBase:
@@ -627,7 +628,7 @@ def resume_from(run: Run, cfg: RunConfig, trainer) -> Start:
     saved_epochs = run.params.get("epochs")
     if main:
         drop_records_after(run_dir, pos["step"])
-        remove_files(glob.glob(os.path.join(run_dir, "model", ".film-tmp-*")))  # writes cut short by a kill
+        remove_files(glob.glob(os.path.join(run_dir, "model", TEMP_PREFIX + "*")))  # writes cut short by a kill
         if saved_epochs is not None and cfg.epochs != saved_epochs:
             write_params(run_dir, {**run.params, "epochs": cfg.epochs})
             print(f"film train: {run_dir}: {saved_epochs} -> {cfg.epochs} epochs", file=sys.stderr, flush=True)

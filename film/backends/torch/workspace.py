@@ -34,6 +34,8 @@ import subprocess
 import tempfile
 import threading
 
+from film.common.atomic import TEMP_PREFIX
+
 _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workspace.cpp")
 _lock = threading.Lock()
 _state: dict = {}  # "lib": ctypes.CDLL or None, "why": reason when None
@@ -58,7 +60,7 @@ def _build(torch) -> str:
     if os.path.exists(out):
         return out
     os.makedirs(_cache_dir(), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".film-tmp-", suffix=".so", dir=_cache_dir())
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".so", dir=_cache_dir())
     os.close(fd)
     cxx = os.environ.get("CXX", "g++")
     cmd = [cxx, "-O2", "-shared", "-fPIC", "-std=c++17", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-I", inc, _SRC,
