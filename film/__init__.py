@@ -11,11 +11,12 @@ __all__ = ["FilmError", "load_fuser", "encode_text", "read_gray01", "reuse_freed
 
 
 def load_fuser(checkpoint, backend: str | None = None, device: str = "auto", cfg=None, fast=None,
-               precision: str = "float32"):
-    """Load a FILM checkpoint (any supported format) into ``backend`` and return a :class:`film.api.Fuser`."""
+               precision: str = "float32", task: str | None = None):
+    """Load a FILM checkpoint (any supported format; "demo", "demo-IVF" ...) into ``backend`` and return a
+    :class:`film.api.Fuser`; ``task`` with "demo": that task's demo weights."""
     from film.api import load_fuser as _load
 
-    return _load(checkpoint, backend=backend, device=device, cfg=cfg, fast=fast, precision=precision)
+    return _load(checkpoint, backend=backend, device=device, cfg=cfg, fast=fast, precision=precision, task=task)
 
 
 def encode_text(a_paragraph: str, b_paragraph: str, encoder="Salesforce/blip2-itm-vit-g", device: str = "cpu",

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from film.backends.registry import check_name, default_backend, get_backend
-from film.common.checkpoint import Checkpoint
+from film.common.checkpoint import Checkpoint, for_task
 from film.common.memory import available_memory
 from film.common.spec import FilmConfig
 from film.common.textfeat import check_text_values, text_shape_problem
@@ -164,13 +164,16 @@ def load_fuser(
     cfg: FilmConfig | None = None,
     fast: bool | None = None,
     precision: str = "float32",
+    task: str | None = None,
 ) -> Fuser:
     """Load a FILM checkpoint into a backend.
 
     checkpoint: a path (.pth official/training dict/bare, .pkl Jittor, .safetensors; .onnx: a model made by
     ``film export``, run by onnxruntime: backend "onnx", the default for that extension), a numpy state dict,
     ``"demo"`` (the shipped demo weights: not the official FILM, trained briefly on public pairs with synthetic
-    text), or ``"random"`` / None for the seeded random weights of :func:`film.common.init.random_state_dict`.
+    text; ``"demo-IVF"``, ``"demo-MIF"``, ``"demo-MEF"``, ``"demo-MFF"``: one task's), or ``"random"`` / None for
+    the seeded random weights of :func:`film.common.init.random_state_dict`.
+    task: with ``"demo"``, that task's demo weights (IVF, MIF, MEF or MFF); refused with any other checkpoint.
     cfg: the network configuration; None takes the one stored with the weights (safetensors metadata written
     by film, or the run's param.json for ``<run>/model/ckpt_*`` of film train), else the official one.
     fast: the backend's fast inference layout. torch: channels_last convolutions (1.5-1.8x on CPU, outputs
@@ -181,6 +184,7 @@ def load_fuser(
     on CPUs with native bf16 such as AVX512-BF16 / AMX, and on CUDA) or "fp16" (torch on CUDA): refused with a
     FilmError elsewhere (film.common.precision; its cost: docs/parity.md, "Reduced precision").
     """
+    checkpoint = for_task(checkpoint, task)
     if backend is None:  # an exported model runs with onnxruntime, anything else with torch
         backend = default_backend(checkpoint)
     check_name(backend)

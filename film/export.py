@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from film.common.checkpoint import DEMO, RANDOM, demo_weights_path, load_checkpoint
+from film.common.checkpoint import RANDOM, demo_file, demo_weights_path, load_checkpoint
 from film.defaults import OPSET
 from film.errors import FilmError
 
@@ -41,7 +41,7 @@ def _need_onnx():
 def _sha256(checkpoint: str) -> str:
     if checkpoint == RANDOM:
         return "random (seeded random weights, film.common.init.random_state_dict seed 0)"
-    path = demo_weights_path() if checkpoint == DEMO else checkpoint
+    path = demo_weights_path(checkpoint) if demo_file(checkpoint) else checkpoint
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from film.common.atomic import make_dirs
+from film.common.checkpoint import DEMO, for_task
 from film.common.images import (
     Pair,
     is_color,
@@ -17,6 +18,7 @@ from film.common.images import (
     write_png,
 )
 from film.common.pairs import Item, collect_pairs
+from film.defaults import TASKS
 from film.errors import FilmError
 
 
@@ -140,6 +142,12 @@ def weights_kind(fuser) -> str:
     return "demo" if "film_demo" in ck.extras else ""
 
 
+def item_task(item: Item) -> str | None:
+    """The task folder a pair of a --pairs tree sits under (its name's first part: IVF/TNO/07 -> IVF), or None."""
+    first = item.name.replace(os.sep, "/").split("/")[0]
+    return first if first in TASKS and first != item.name else None
+
+
 def fuse_folder(
     output: str,
     checkpoint: str | None = None,
@@ -157,10 +165,14 @@ def fuse_folder(
     batch_size: int = 1,
     fast: bool | None = None,
     precision: str = "float32",
+    task: str | None = None,
 ) -> int:
     """Fuse every pair of one source (``a`` + ``b`` folders, a ``pairs`` tree, or an ``h5`` file) and write what
     the official test.py writes: ``output/Gray/<name>.png`` (+ ``Color/``, ``grid/``). Returns the pair count.
-    Every problem is found before any output folder is made; each PNG is written atomically."""
+    Every problem is found before any output folder is made; each PNG is written atomically.
+    ``task``: with ``checkpoint="demo"``, that task's demo weights for every pair. Without it, "demo" fuses the
+    pairs of a ``pairs`` tree that sit under a task folder (IVF/, MIF/, MEF/, MFF/, as in film/samples) with their
+    task's demo weights, and any other pair with the all-task ones."""
     if sum(x is not None for x in (a, pairs, h5)) != 1:
         raise FilmError("give exactly one source: a (with b), pairs, or h5")
     from film.api import load_fuser
@@ -178,13 +190,10 @@ def fuse_folder(
                                 ("--text", text, False), ("--h5", h5, True)):
         if path is not None and not (os.path.isfile(path) if is_file else os.path.isdir(path)):
             raise FilmError(f"{flag} {path}: no such {'H5 file' if is_file else 'folder'}")
-    fuser = load_fuser(
-        checkpoint,
-        backend=backend,
-        device=device,
-        fast=fast,
-        precision=precision,
-    )
+    def load(name):
+        return load_fuser(name, backend=backend, device=device, fast=fast, precision=precision)
+
+    fuser = load(for_task(checkpoint, task))
     kind = weights_kind(fuser)
     if kind:
         print(f"film fuse: {WEIGHTS_NOTICE[kind]}", file=sys.stderr, flush=True)
@@ -193,16 +202,21 @@ def fuse_folder(
         raise FilmError("no image pairs to fuse")
     from film.api import check_memory
 
-    # Batch same-size pairs with the same text length; keep the input order for output.
+    fusers = {None: fuser}  # task -> its fuser: the task demo weights of pairs under a task folder (docstring)
+    if checkpoint == DEMO and task is None and pairs is not None:
+        for t in sorted({item_task(it) for it in items} - {None}):
+            fusers[t] = load(f"demo-{t}")
+    # Batch same-size pairs with the same text length and weights; keep the input order for output.
     groups: dict[tuple, list[Item]] = {}
     for it in items:
-        groups.setdefault((it.a.shape, it.text.shape), []).append(it)
+        t = item_task(it) if len(fusers) > 1 else None
+        groups.setdefault((t if t in fusers else None, it.a.shape, it.text.shape), []).append(it)
     batches = []
-    for group in groups.values():
+    for (t, *_), group in groups.items():
         for i in range(0, len(group), batch_size):
-            batches.append(group[i : i + batch_size])
+            batches.append((fusers[t], group[i : i + batch_size]))
     # whole or nothing: the largest forward (batch x pixels) is checked before any output folder is made
-    biggest = max(batches, key=lambda bt: len(bt) * bt[0].a.size)
+    biggest = max((bt for _, bt in batches), key=lambda bt: len(bt) * bt[0].a.size)
     check_memory(fuser.impl, len(biggest), *biggest[0].a.shape[-2:], str(fuser.device))
     prepare_output(output, items, color=color, grid=grid)
     from tqdm import tqdm
@@ -210,14 +224,14 @@ def fuse_folder(
     with tqdm(
         total=len(items), desc=f"fuse [{backend}]", unit="pair", file=sys.stderr, disable=None
     ) as bar:
-        for k, batch in enumerate(batches):
+        for k, (fuser, batch) in enumerate(batches):
             xa = np.stack([it.a for it in batch])
             xb = np.stack([it.b for it in batch])
             xt = np.stack([it.text for it in batch])
             try:
                 fused = fuser.fuse(xa, xb, xt)
             except FilmError as e:  # memory taken by another program since the check: say what was written
-                left = [it.name for bt in batches[k:] for it in bt]
+                left = [it.name for _, bt in batches[k:] for it in bt]
                 raise FilmError(f"{e} -- stopped after writing {len(items) - len(left)} of {len(items)} pairs under "
                                 f"{output}; not written: {', '.join(left[:5])}{' ...' if len(left) > 5 else ''}"
                                 ) from None

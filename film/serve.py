@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from film.common.checkpoint import DEMO
+from film.defaults import TASKS
 from film.errors import FilmError
 from film.fuse import FUSED_TITLE, WEIGHTS_NOTICE, weights_kind
 
@@ -99,6 +101,9 @@ class FuseService:
 
         names = ("torch", "jittor") if backend == "both" else (check_name(backend),)
         self.fusers = {b: load_fuser(checkpoint, backend=b, device=device) for b in names}
+        # with the demo weights, a pair of a task is fused with that task's demo weights (loaded on first use)
+        self.task_fusers = {} if checkpoint == DEMO else None
+        self.device = device
         first = next(iter(self.fusers.values()))
         self.cfg = first.cfg
         kind = weights_kind(first)  # the same title and notice as film fuse
@@ -155,6 +160,16 @@ class FuseService:
 
     # ----------------------------------------------------------------------------------------- fuse
 
+    def fuser(self, backend: str, task: str | None):
+        """The backend's fuser for a pair of ``task``: that task's demo weights when the service runs "demo"."""
+        if self.task_fusers is None or task not in TASKS:
+            return self.fusers[backend]
+        if (backend, task) not in self.task_fusers:
+            from film.api import load_fuser
+
+            self.task_fusers[backend, task] = load_fuser(DEMO, backend=backend, device=self.device, task=task)
+        return self.task_fusers[backend, task]
+
     def _request_folder(self) -> str:
         self._count += 1
         folder = tempfile.mkdtemp(prefix=f"req{self._count:05d}-", dir=self.workdir)
@@ -195,9 +210,9 @@ class FuseService:
             raise FilmError(str(e).replace(os.path.join(folder, "in") + os.sep, "")) from None
         text, note = self.features(para_a, para_b, name)
         outs = {}
-        for b, fuser in self.fusers.items():
+        for b in self.fusers:
             with self.locks[b]:  # one forward at a time per backend (the memory check runs inside fuse)
-                outs[b] = fuser.fuse(xa, xb, text[0])
+                outs[b] = self.fuser(b, task).fuse(xa, xb, text[0])
         first = next(iter(outs.values()))
         out = os.path.join(folder, "out")
         item = Item(name, xa, xb, text[0], pair)

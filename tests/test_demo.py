@@ -21,6 +21,8 @@ from conftest import run_cli as run
 # sha256 of film/weights/demo.safetensors, recorded when it was made (make demo-weights; docs/training.md): a
 # change to the shipped weights must be deliberate and change this line with it
 DEMO_SHA256 = "71bffaee2779b875b26fafcf32ee6deac7433d354e0a630adc36f5c728196474"
+# sha256 of film/weights/demo-<TASK>.safetensors (make demo-weights; docs/training.md), recorded the same way
+TASK_SHA256: dict[str, str] = {}
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "fusion_samples")
 
 
@@ -78,10 +80,89 @@ def test_demo_name_is_refused_in_one_line_when_missing(capsys, tmp_path, monkeyp
     import film.common.checkpoint as ckmod
 
     monkeypatch.setattr(ckmod, "demo_weights_path",
-                        lambda: (_ for _ in ()).throw(ckmod.FilmError("the demo weights are missing")))
+                        lambda *a: (_ for _ in ()).throw(ckmod.FilmError("the demo weights are missing")))
     code, text = run(capsys, "fuse", "--checkpoint", "demo", "--random-text", "--pairs", "film/samples", "-o",
                      tmp_path / "o")
     assert code == 2 and "demo weights are missing" in text and not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------------------- the task weights
+
+TASKS = ("IVF", "MIF", "MEF", "MFF")
+
+
+def test_task_demo_names_and_the_task_choice():
+    """demo-TASK (any case) names that task's shipped file; "demo" with a task picks it; a task with any other
+    checkpoint, or a demo-TASK of another task, is refused in one line (rules written out by hand)."""
+    from film.common.checkpoint import demo_file, demo_task, for_task
+    from film.errors import FilmError
+
+    assert demo_file("demo") == "demo.safetensors" and demo_task("demo") is None
+    assert demo_file("demo-mff") == "demo-MFF.safetensors" and demo_task("Demo-Ivf") == "IVF"
+    assert demo_file("demo-XYZ") is None and demo_file("w.pth") is None and demo_file(None) is None
+    assert for_task("demo", "MEF") == "demo-MEF" and for_task("demo", None) == "demo"
+    assert for_task("w.pth", None) == "w.pth" and for_task("demo-MIF", "MIF") == "demo-MIF"
+    for ck, task, words in (("w.pth", "IVF", "leave the task out"), ("demo-IVF", "MFF", "use --checkpoint demo-MFF"),
+                            ("demo", "XYZ", "unknown task")):
+        with pytest.raises(FilmError, match=words):
+            for_task(ck, task)
+
+
+def test_task_weights_are_the_recorded_files_in_float16():
+    """Each task's file: in float16 (a sensible size: all the demo weights together under 40 MB), its metadata
+    naming its task, and load_fuser("demo", task=T) / "demo-T" loading exactly its tensors (read back by the
+    safetensors library itself, not by film)."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    import film
+    from film.common.checkpoint import demo_weights_path
+
+    total = os.path.getsize(demo_weights_path())
+    for task in TASKS:
+        path = demo_weights_path(f"demo-{task}")
+        total += os.path.getsize(path)
+        if TASK_SHA256.get(task):
+            assert hashlib.sha256(open(path, "rb").read()).hexdigest() == TASK_SHA256[task], task
+        raw = load_file(path)
+        assert {v.dtype for v in raw.values()} == {np.dtype(np.float16)}
+        with safe_open(path, "np") as f:
+            info = json.loads(f.metadata()["film_demo"])
+        assert info["task"] == task and "not the official FILM" in info["what"]
+        for fuser in (film.load_fuser("demo", task=task), film.load_fuser(f"demo-{task.lower()}")):
+            sd = fuser.checkpoint.state_dict
+            assert all(np.array_equal(sd[k], raw[k].astype(np.float32)) for k in raw), task
+    assert total < 40 * 2**20
+
+
+def test_demo_fuses_each_task_folder_with_its_task_weights(capsys, tmp_path, samples):
+    """film fuse --checkpoint demo --pairs <a tree of task folders> (make demo): every pair under a task folder
+    is fused as film fuse --checkpoint demo-TASK fuses it, and --task picks one task's weights for all pairs."""
+    code, text = run(capsys, "fuse", "--checkpoint", "demo", "--random-text", "--pairs", samples, "--device", "cpu",
+                     "-o", tmp_path / "auto")
+    assert code == 0, text
+    for task in ("MFF", "IVF"):
+        code, text = run(capsys, "fuse", "--checkpoint", f"demo-{task}", "--random-text", "--pairs",
+                         os.path.join(samples, task), "--device", "cpu", "-o", tmp_path / task)
+        assert code == 0, text
+        for d, _, fs in os.walk(tmp_path / task / "Gray"):
+            for f in fs:
+                rel = os.path.relpath(os.path.join(d, f), tmp_path / task / "Gray")
+                want = cv2.imread(os.path.join(d, f), cv2.IMREAD_UNCHANGED)
+                got = cv2.imread(str(tmp_path / "auto" / "Gray" / task / rel), cv2.IMREAD_UNCHANGED)
+                assert np.array_equal(got, want), rel
+    code, text = run(capsys, "fuse", "--checkpoint", "demo", "--task", "MFF", "--random-text", "--pairs",
+                     os.path.join(samples, "MFF"), "--device", "cpu", "-o", tmp_path / "flag")
+    assert code == 0, text
+    a, b = (cv2.imread(str(p / "Gray" / "Lytro" / "lytro_01.png")) for p in (tmp_path / "flag", tmp_path / "MFF"))
+    assert np.array_equal(a, b)
+
+
+def test_task_flag_with_another_checkpoint_is_one_line(capsys, tmp_path, samples):
+    code, text = run(capsys, "fuse", "--checkpoint", "random", "--task", "IVF", "--random-text", "--pairs", samples,
+                     "-o", tmp_path / "o")
+    assert code == 2 and "leave the task out" in text and "Traceback" not in text
+    assert not (tmp_path / "o").exists()
 
 
 # ----------------------------------------------------------------------------------------------- film curves

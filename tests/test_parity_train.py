@@ -55,6 +55,73 @@ def test_loss_matches_numpy_restatement(tb):
     assert float(total) == pytest.approx(l_in + 20 * l_grad, rel=1e-5)
 
 
+def test_loss_with_known_target_matches_numpy_restatement(tb, jb):
+    """With a known fused image T (an H5's target group), the loss's stand-ins max(A, B) and max(sobel(A),
+    sobel(B)) become T and sobel(T), in both backends: against the numpy statement of that formula."""
+    import jittor as jt
+    import torch
+    from scipy.signal import correlate2d
+
+    from film.backends.jittor.train import compute_loss as jloss
+    from film.backends.torch.train import compute_loss as tloss
+
+    A, B, _ = _batch()
+    rng = np.random.default_rng(7)
+    F_, T_ = (rng.random(A.shape).astype(np.float32) for _ in range(2))
+
+    def sob(x):
+        return np.abs(correlate2d(x, L.SOBEL_X.astype(np.float64), mode="same")) + np.abs(
+            correlate2d(x, L.SOBEL_Y.astype(np.float64), mode="same"))
+
+    l_in = np.mean(np.abs(T_.astype(np.float64) - F_))
+    l_grad = np.mean([np.abs(sob(T_[i, 0]) - sob(F_[i, 0])) for i in range(2)])
+    without = np.mean(np.abs(np.maximum(A, B) - F_))
+    assert abs(l_in - without) > 1e-2  # the target changes the loss: this test can tell the two apart
+    for loss in (lambda: tloss(*(torch.from_numpy(x) for x in (A, B, F_)), CFG, torch.from_numpy(T_)),
+                 lambda: jloss(*(jt.array(x) for x in (A, B, F_)), CFG, jt.array(T_))):
+        total, parts = loss()
+        assert float(parts["loss_in"].item()) == pytest.approx(l_in, rel=1e-5)
+        assert float(parts["loss_grad"].item()) == pytest.approx(l_grad, rel=1e-5)
+        assert float(total.item()) == pytest.approx(l_in + 20 * l_grad, rel=1e-5)
+
+
+def test_training_step_aims_at_the_h5_target(tmp_path, tb, jb):
+    """An H5 with a target group: the loader hands the batch's targets to the step, whose logged intensity term
+    is mean |T - F| of the fused images it returns (numpy, from the step's own outputs), in both backends; an
+    H5 whose target names differ from the images' is refused in one line."""
+    from film.backends.jittor.train import Trainer as JT
+    from film.backends.torch.train import Trainer as TT
+    from film.common.data import H5Pairs
+    from film.common.training import load_batch, load_targets
+
+    h5 = tmp_path / "t.h5"
+    _tiny_h5(h5, n=2)
+    rng = np.random.default_rng(11)
+    targets = {}
+    with h5py.File(h5, "a") as f:
+        g = f.create_group("target")
+        for k in f["imageA"]:
+            targets[k] = rng.random(f["imageA"][k].shape).astype(np.float32)
+            g.create_dataset(k, data=targets[k])
+    data = H5Pairs(str(h5))
+    assert data.has_target and len(data.check(TINY.text_dim)) == 2
+    idx = np.array([1, 0])
+    a, b, t, names = load_batch(data, idx)
+    tgt = load_targets(data, idx)
+    assert np.array_equal(tgt, np.stack([targets[n] for n in names]))
+    sd = random_state_dict(TINY, seed=0)
+    for trainer in (TT("cpu", TINY), JT("cpu", TINY)):
+        trainer.build(CFG, sd)
+        _, parts, fused = trainer.step(a, b, t, CFG, tgt)
+        assert parts["loss_in"] == pytest.approx(float(np.mean(np.abs(tgt.astype(np.float64) - fused))), rel=1e-5)
+        assert parts["loss_in"] != pytest.approx(float(np.mean(np.abs(np.maximum(a, b) - fused))), rel=1e-3)
+    data.close()
+    with h5py.File(h5, "a") as f:
+        f["target"].move(names[0], "other")
+    with pytest.raises(Exception, match="target group's sample names differ"):
+        H5Pairs(str(h5))
+
+
 def _lplssim_numpy(i: np.ndarray, f: np.ndarray, weight: int) -> float:
     """The official LpLssimLossweight (utils/lossfun.py) restated in float64 numpy: ||I - F||_2 over the whole
     batch plus (1 - SSIM) x weight, SSIM with a 5x5 Gaussian window (sigma 1.5), zero padding 2, C1 = 0.01^2,

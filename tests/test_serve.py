@@ -222,3 +222,23 @@ def test_both_backends_show_live_parity(pair, tb, jb):
     assert r.parity["max_abs"] == pytest.approx(float(np.abs(ft - fj).max()), rel=1e-6, abs=1e-9)
     assert r.parity["max_abs"] < 1e-4 and r.parity["pixels"] == 48 * 64
     assert any("synthetic text features" in n for n in r.notes)
+
+
+def test_demo_weights_follow_the_task_chosen_on_the_page(pair, tb):
+    """film serve with the demo weights: a pair fused under a task gets that task's demo weights (the same image
+    as film.load_fuser("demo-TASK") gives), and no task the all-task demo weights."""
+    from film.api import load_fuser
+    from film.common.images import Pair, load_pair, read_gray, to_uint8
+    from film.common.init import random_text_for
+    from film.serve import FuseService
+
+    svc = FuseService("demo", "torch", "none", device="cpu")
+    xa, xb = load_pair(Pair("p1", str(pair / "ir" / "p1.png"), str(pair / "vi" / "p1.png")))
+    t = random_text_for("p1", 768)
+    try:
+        for task, ck in (("MFF", "demo-MFF"), ("IVF", "demo-IVF"), (None, "demo")):
+            r = svc.fuse(str(pair / "ir" / "p1.png"), str(pair / "vi" / "p1.png"), "x", "y", task)
+            want = to_uint8(load_fuser(ck, backend="torch", device="cpu").fuse(xa, xb, t))
+            assert np.array_equal(read_gray(r.gray), want.astype(np.float32)), task
+    finally:
+        svc.close()

@@ -5,13 +5,16 @@ from __future__ import annotations
 import time
 
 from film.commands.options import add_fast
+from film.defaults import TASKS
 
 
 def register(sub) -> None:
     f = sub.add_parser("fuse", help="fuse image pairs and save PNGs as the official test.py does")
     f.add_argument(
-        "--checkpoint", required=True, help="checkpoint path, or 'random' for seeded random weights (demo)"
-    )
+        "--checkpoint", required=True,
+        help="checkpoint path; demo (the demo weights: with --pairs, the task weights of pairs under a task folder), "
+        "demo-IVF, demo-MIF, demo-MEF, demo-MFF (one task's), or random (seeded random weights)")
+    f.add_argument("--task", choices=TASKS, help="with --checkpoint demo: that task's demo weights for every pair")
     f.add_argument("--backend", default=None,
                    help="torch (default), jittor, or onnx (a model made by film export; the default for .onnx)")
     f.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
@@ -48,7 +51,7 @@ def run(args) -> int:
     n = fuse_folder(
         args.output, args.checkpoint, a=args.a, b=args.b, pairs=args.pairs, h5=args.h5, text=args.text,
         random_text=args.random_text, backend=args.backend, device=args.device, color=args.color, grid=args.grid,
-        batch_size=args.batch_size, fast=args.fast, precision=args.precision,
+        batch_size=args.batch_size, fast=args.fast, precision=args.precision, task=args.task,
     )
     backend = args.backend or default_backend(args.checkpoint)
     print(f"fused {n} pair(s) with {backend} in {time.time() - t0:.1f}s -> {args.output}")

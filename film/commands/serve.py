@@ -5,7 +5,9 @@ from __future__ import annotations
 
 def register(sub) -> None:
     s = sub.add_parser("serve", help="a local web page (Gradio) to fuse your own pair with your own words, and its API")
-    s.add_argument("--checkpoint", default="demo", help="checkpoint path, demo (default) or random")
+    s.add_argument("--checkpoint", default="demo",
+                   help="checkpoint path, demo (default: the demo weights of the task chosen on the page), "
+                   "demo-IVF/-MIF/-MEF/-MFF (one task's) or random")
     s.add_argument("--backend", default="torch", help="torch (default), jittor, or both (live parity on the page)")
     s.add_argument("--encoder", default=None,
                    help="the BLIP-2 Q-Former text encoder (a folder saved by film text --save-encoder, or a model name "

@@ -22,6 +22,7 @@ import numpy as np
 
 from film.common.safeio import read_jittor_pkl, read_torch_zip, write_jittor_pkl, write_torch_zip
 from film.common.spec import CHECKPOINT_KEYS, DATAPARALLEL_PREFIX, OFFICIAL, FilmConfig, param_schema
+from film.defaults import TASKS
 from film.errors import FilmError
 
 FORMATS = {".pth": "pth", ".pt": "pth", ".bin": "pth", ".pkl": "pkl", ".safetensors": "safetensors"}
@@ -230,12 +231,55 @@ def stored_config(path: str, extras: dict) -> FilmConfig | None:
 
 # Checkpoint names every command accepts where it takes a checkpoint path (a file of that name: ./demo).
 RANDOM, DEMO = "random", "demo"
+# "demo-IVF", "demo-MIF", "demo-MEF", "demo-MFF": one task's demo weights (docs/training.md, "Demo weights")
 
 
-def demo_weights_path() -> str:
-    """The demo weights shipped in the package (film/weights/demo.safetensors; docs/training.md, "Demo
-    weights"): not the official FILM, trained briefly on public pairs with synthetic text."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "demo.safetensors")
+def demo_file(name) -> str | None:
+    """The shipped file a demo name stands for ("demo" -> demo.safetensors, "demo-IVF" (any case) ->
+    demo-IVF.safetensors), or None for anything else."""
+    if not isinstance(name, str):
+        return None
+    if name == DEMO:
+        return "demo.safetensors"
+    if name[:5].lower() == "demo-" and name[5:].upper() in TASKS:
+        return f"demo-{name[5:].upper()}.safetensors"
+    return None
+
+
+def demo_task(name) -> str | None:
+    """The task of a task demo name ("demo-mff" -> "MFF"), else None."""
+    file = demo_file(name)
+    return file[5:-len(".safetensors")] if file and file != "demo.safetensors" else None
+
+
+def for_task(checkpoint, task: str | None):
+    """The checkpoint ``task`` picks: "demo" with a task is that task's demo weights ("demo-TASK"); a task demo
+    name of the same task, or no task, leaves the checkpoint as it is. Anything else with a task is refused: the
+    task chooses among the demo weights, and any other checkpoint is one network already."""
+    if task is None:
+        return checkpoint
+    if task not in TASKS:
+        raise FilmError(f"unknown task {task!r}: one of {', '.join(TASKS)}")
+    if checkpoint == DEMO:
+        return f"demo-{task}"
+    if demo_task(checkpoint) == task:
+        return checkpoint
+    if demo_task(checkpoint):
+        raise FilmError(f"{checkpoint} holds the {demo_task(checkpoint)} weights but the task is {task}: "
+                        f"use --checkpoint demo-{task}, or demo with the task")
+    what = repr(os.fspath(checkpoint)) if isinstance(checkpoint, (str, os.PathLike)) else "this checkpoint"
+    raise FilmError(f"a task picks among the demo weights (--checkpoint demo); {what} is one network already: "
+                    "leave the task out")
+
+
+def demo_weights_path(name: str = DEMO) -> str:
+    """The demo weights shipped in the package (``name``: "demo", all tasks, or "demo-TASK", one task's;
+    film/weights/; docs/training.md, "Demo weights"): not the official FILM, trained briefly on public pairs with
+    synthetic text."""
+    file = demo_file(name)
+    if file is None:
+        raise FilmError(f"{name!r}: not a demo weights name (demo, or demo-TASK with TASK one of {', '.join(TASKS)})")
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", file)
     if not os.path.isfile(path):
         raise FilmError(f"the demo weights are missing from this installation ({path}): reinstall film-fusion, or "
                         "pass a checkpoint file")
@@ -245,7 +289,8 @@ def demo_weights_path() -> str:
 def load_checkpoint(path: str | os.PathLike, cfg: FilmConfig | None = None) -> Checkpoint:
     """Read any supported checkpoint, unwrap it, validate it against the schema, return float32 tensors.
 
-    ``path``: a file, or ``"demo"`` (the shipped demo weights) or ``"random"`` (seeded random weights).
+    ``path``: a file, or ``"demo"`` / ``"demo-TASK"`` (the shipped demo weights, all tasks / one task's) or
+    ``"random"`` (seeded random weights).
     cfg=None: the configuration stored with the weights (:func:`stored_config`), else the official one."""
     path = os.fspath(path)
     if path == RANDOM:
@@ -253,8 +298,8 @@ def load_checkpoint(path: str | os.PathLike, cfg: FilmConfig | None = None) -> C
 
         cfg = cfg or OFFICIAL
         return Checkpoint(random_state_dict(cfg, seed=0), {}, RANDOM, cfg)
-    if path == DEMO:
-        path = demo_weights_path()
+    if demo_file(path):
+        path = demo_weights_path(path)
     raw = read_raw(path)
     sd, extras = unwrap(raw, path)
     if cfg is None:

@@ -1,5 +1,9 @@
 """The VLF H5 layout (groups imageA, imageB, text; one dataset per sample) read framework-free.
 
+An optional fourth group, ``target``, holds a known fused image per sample (synthetic pairs made from one sharp
+or well-exposed image, where the truth is known); ``film train`` then aims its loss at it
+(``film.common.loss.fusion_loss``). The official files have no such group.
+
 The official ``H5ImageTextDataset`` reopens the file and lists every key on each item; this reader
 opens it once per process (worker) and keeps the sorted sample list. Order = h5py key order
 (alphabetical), which is the order the official reader indexes.
@@ -15,6 +19,7 @@ from film.common.textfeat import text_shape_problem
 from film.errors import FilmError
 
 GROUPS = ("imageA", "imageB", "text")
+TARGET = "target"  # optional group: a known fused image per sample (synthetic pairs); the loss then aims at it
 
 
 class H5Pairs:
@@ -34,6 +39,7 @@ class H5Pairs:
                         f"{path}: missing group(s) {', '.join(missing)} (expected imageA, imageB, text)"
                     )
                 names = [list(f[g].keys()) for g in GROUPS]
+                target = set(f[TARGET].keys()) if TARGET in f else None
         except FilmError:
             raise
         except (OSError, KeyError, ValueError) as e:
@@ -44,7 +50,11 @@ class H5Pairs:
             raise FilmError(f"{path}: sample names differ between groups: {', '.join(diff[:10])}")
         if not names[0]:
             raise FilmError(f"{path}: no samples")
+        if target is not None and target != a:
+            diff = sorted(target ^ a)
+            raise FilmError(f"{path}: the target group's sample names differ from imageA's: {', '.join(diff[:10])}")
         self.names = names[0]
+        self.has_target = target is not None
         self._file = None
         self._pid = None
 
@@ -65,6 +75,9 @@ class H5Pairs:
                 raise FilmError(
                     f"{self.path}: sample {name}: images of shape {sa} and {sb}, expected equal (1, H, W)"
                 )
+            if self.has_target and tuple(f[TARGET][name].shape) != sa:
+                raise FilmError(f"{self.path}: sample {name}: target of shape {tuple(f[TARGET][name].shape)}, "
+                                f"expected the images' {sa}")
             problem = text_shape_problem(st, text_dim)
             if problem:
                 raise FilmError(f"{self.path}: sample {name}: {problem}")
@@ -100,6 +113,18 @@ class H5Pairs:
             if not np.isfinite(x).all():
                 raise FilmError(f"{self.path}: sample {name}: {what} contains NaN or inf")
         return a, b, t, name
+
+    def target(self, idx: int) -> np.ndarray:
+        """Sample ``idx``'s known fused image (1, H, W) float32 (only when the file has a ``target`` group)."""
+        name = self.names[idx]
+        try:
+            g = np.asarray(self._f()[TARGET][name][()], dtype=np.float32)
+        except (KeyError, OSError, ValueError, TypeError) as e:
+            raise FilmError(f"{self.path}: sample {name}: target unreadable ({e})") from None
+        g = g[None] if g.ndim == 2 else g
+        if g.ndim != 3 or g.shape[0] != 1 or not np.isfinite(g).all():
+            raise FilmError(f"{self.path}: sample {name}: target of shape {g.shape} or not finite, expected (1, H, W)")
+        return g
 
     def __getstate__(self):
         state = dict(self.__dict__)

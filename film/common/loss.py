@@ -5,6 +5,10 @@
     L_in_grad = coeff_int * L1(max(A, B), F) + coeff_grad * L1(max(sobel(A), sobel(B)), sobel(F))
     sobel(x)  = |conv(x, Kx, pad=1)| + |conv(x, Ky, pad=1)|          (cross-correlation, zero padding)
 
+With a known fused image T (synthetic pairs, the H5's optional ``target`` group) the two stand-ins for it,
+max(A, B) and max(sobel(A), sobel(B)), are T and sobel(T): the same form, aimed at the truth. Not in the
+official code, which has no such data.
+
 plus ``ssim_weight * (LpLssim(A, F) + LpLssim(B, F))`` with
 ``LpLssim(I, F) = ||I - F||_2 + (1 - SSIM_5x5(I, F)) * int(sqrt(H * W))`` — 0 by default, and then skipped.
 ``ops`` is a backend's ops module (its loss primitives: conv2d_same(x, kernel numpy), abs, maximum, mean,
@@ -38,10 +42,14 @@ def sobel(ops, x):
     return ops.abs(ops.conv2d_same(x, SOBEL_X)) + ops.abs(ops.conv2d_same(x, SOBEL_Y))
 
 
-def fusion_loss(ops, a, b, f, coeff_int: float = 1.0, coeff_grad: float = 20.0):
-    """(total, intensity, gradient) for A, B, F of shape (B,1,H,W)."""
-    loss_in = ops.mean(ops.abs(ops.maximum(a, b) - f))
-    loss_grad = ops.mean(ops.abs(ops.maximum(sobel(ops, a), sobel(ops, b)) - sobel(ops, f)))
+def fusion_loss(ops, a, b, f, coeff_int: float = 1.0, coeff_grad: float = 20.0, target=None):
+    """(total, intensity, gradient) for A, B, F of shape (B,1,H,W); ``target``: a known fused image or None."""
+    if target is None:
+        aim, aim_grad = ops.maximum(a, b), ops.maximum(sobel(ops, a), sobel(ops, b))
+    else:
+        aim, aim_grad = target, sobel(ops, target)
+    loss_in = ops.mean(ops.abs(aim - f))
+    loss_grad = ops.mean(ops.abs(aim_grad - sobel(ops, f)))
     return coeff_int * loss_in + coeff_grad * loss_grad, loss_in, loss_grad
 
 
@@ -62,9 +70,9 @@ def lp_lssim(ops, image_in, image_out, weight: float):
     return lp + lssim * weight
 
 
-def total_loss(ops, a, b, f, coeff_int: float, coeff_grad: float, ssim_weight: float):
+def total_loss(ops, a, b, f, coeff_int: float, coeff_grad: float, ssim_weight: float, target=None):
     """The official lossALL; returns (total, dict of scalar parts)."""
-    loss, l_in, l_grad = fusion_loss(ops, a, b, f, coeff_int, coeff_grad)
+    loss, l_in, l_grad = fusion_loss(ops, a, b, f, coeff_int, coeff_grad, target)
     parts = {"loss_in": l_in, "loss_grad": l_grad}
     if ssim_weight:
         h, w = a.shape[-2], a.shape[-1]
@@ -75,9 +83,10 @@ def total_loss(ops, a, b, f, coeff_int: float, coeff_grad: float, ssim_weight: f
     return loss, parts
 
 
-def compute_loss(ops, a, b, f, cfg):
+def compute_loss(ops, a, b, f, cfg, target=None):
     """The official training loss with the recipe's coefficients (``cfg.grad_weight``, ``cfg.ssim_weight``);
-    ``ops``: the backend's ops module (its loss primitives: abs, maximum, mean, sqrt, sum, conv2d_same)."""
+    ``ops``: the backend's ops module (its loss primitives: abs, maximum, mean, sqrt, sum, conv2d_same);
+    ``target``: the batch's known fused images (framework arrays) or None."""
     from film.common.spec import OFFICIAL_RECIPE
 
-    return total_loss(ops, a, b, f, OFFICIAL_RECIPE.int_weight, cfg.grad_weight, cfg.ssim_weight)
+    return total_loss(ops, a, b, f, OFFICIAL_RECIPE.int_weight, cfg.grad_weight, cfg.ssim_weight, target)

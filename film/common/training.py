@@ -278,6 +278,13 @@ def load_batch(data: H5Pairs, idx: np.ndarray):
     return a, b, t, [it[3] for it in items]
 
 
+def load_targets(data: H5Pairs, idx: np.ndarray) -> np.ndarray | None:
+    """The batch's known fused images (B,1,H,W) when the H5 has a ``target`` group, else None."""
+    if not data.has_target:
+        return None
+    return np.stack([data.target(int(i)) for i in idx]).astype(np.float32)
+
+
 def run_name(cfg: RunConfig) -> str:
     ts = time.strftime("%y_%m_%d_%H_%M", time.localtime())
     st = cfg.step
@@ -425,8 +432,10 @@ class TrainerBase:
             sd = official_init_state_dict(self.model_cfg, seed=cfg.seed)
         self.build(cfg, sd)
 
-    def step(self, a: np.ndarray, b: np.ndarray, t: np.ndarray, cfg: StepConfig) -> tuple[float, dict, np.ndarray]:
-        """One optimizer step on the batch (a, b, t): (loss, {term: value}, fused). With ``cfg.micro_batch`` =
+    def step(self, a: np.ndarray, b: np.ndarray, t: np.ndarray, cfg: StepConfig,
+             target: np.ndarray | None = None) -> tuple[float, dict, np.ndarray]:
+        """One optimizer step on the batch (a, b, t): (loss, {term: value}, fused); ``target``: the batch's known
+        fused images, if any (the loss then aims at them, ``film.common.loss.fusion_loss``). With ``cfg.micro_batch`` =
         m < batch, the batch runs in chunks of m whose gradients add up (each chunk's mean loss weighted by its
         share of the batch: the same mean-loss gradient, since FILM treats samples independently), so memory
         follows m, not the batch. Under several processes the logged loss is the global batch's."""
@@ -436,15 +445,16 @@ class TrainerBase:
         total, outs, names = None, [], ()
         for k, s in enumerate(starts):
             rep, names, fused = self._chunk(a[s : s + m], b[s : s + m], t[s : s + m], len(a[s : s + m]) / n,
-                                            k == 0, k == len(starts) - 1, cfg)
+                                            k == 0, k == len(starts) - 1, cfg,
+                                            None if target is None else target[s : s + m])
             total = rep if total is None else total + rep
             outs.append(fused)
         report = self._update(total)
         return report[0], dict(zip(names, report[1:])), np.concatenate(outs) if len(outs) > 1 else outs[0]
 
-    def _chunk(self, a, b, t, share: float, first: bool, last: bool, cfg: StepConfig):
+    def _chunk(self, a, b, t, share: float, first: bool, last: bool, cfg: StepConfig, target=None):
         """Forward and backward of one chunk, its loss scaled by ``share`` and added to the gradients (``first``,
-        ``last``: the batch's first and last chunk). Returns (the framework vector [loss, *terms] x share, the term
+        ``last``: the batch's first and last chunk; ``target``: its known fused images or None). Returns (the framework vector [loss, *terms] x share, the term
         names, the fused numpy batch)."""
         raise NotImplementedError
 
@@ -708,8 +718,9 @@ def train(run: Run | RunConfig, trainer) -> str:
             t0 = time.time()
             batches = epoch_batches(len(data), st.batch_size, st.seed, epoch)
             for i in range(skip if epoch == start_epoch else 0, per_epoch):
-                a, b, t, names = load_batch(data, batches[i][rank * share : (rank + 1) * share])
-                loss, parts, fused = trainer.step(a, b, t, st)
+                idx = batches[i][rank * share : (rank + 1) * share]
+                a, b, t, names = load_batch(data, idx)
+                loss, parts, fused = trainer.step(a, b, t, st, load_targets(data, idx))
                 if not math.isfinite(loss):
                     last = newest_checkpoint(run_dir, trainer.ext)
                     keep = f"; the last good checkpoint is {last}" if last else ""

@@ -134,10 +134,10 @@ class Trainer(TrainerBase):
         for g in self.opt.param_groups:
             g["lr"] = lr
 
-    def _chunk(self, a, b, t, share: float, first: bool, last: bool, cfg):
+    def _chunk(self, a, b, t, share: float, first: bool, last: bool, cfg, target=None):
         a_, b_ = jt.array(a), jt.array(b)
         fused = self.forward(a_, b_, jt.array(t))
-        loss, parts = compute_loss(a_, b_, fused, cfg)
+        loss, parts = compute_loss(a_, b_, fused, cfg, None if target is None else jt.array(target))
         # the forward runs on its own first: left to schedule forward and backward as one lazy graph,
         # Jittor keeps more maps alive at once (measured: ~10 % more at batch 2)
         jt.sync([loss, fused, *parts.values()])

@@ -142,7 +142,7 @@ class Trainer(TrainerBase):
         a_, b_, t_ = (torch.from_numpy(x).to(self.device, dtype) for x in (a, b, t))
         return a_.contiguous(memory_format=fmt), b_.contiguous(memory_format=fmt), t_
 
-    def _chunk(self, a, b, t, share: float, first: bool, last: bool, cfg):
+    def _chunk(self, a, b, t, share: float, first: bool, last: bool, cfg, target=None):
         if first:  # under DDP the gradients stay DDP's bucket views, in the parameters' layout (build)
             self.opt.zero_grad(set_to_none=self.world == 1)
         a_, b_, t_ = self._inputs(a, b, t)
@@ -150,7 +150,9 @@ class Trainer(TrainerBase):
         sync = contextlib.nullcontext() if last or self.world == 1 else self.forward.no_sync()
         with sync:
             fused = self.forward(a_, b_, t_)
-            loss, parts = compute_loss(a_, b_, fused, cfg)
+            aim = None if target is None else torch.from_numpy(target).to(self.device).contiguous(
+                memory_format=input_format(self.model))
+            loss, parts = compute_loss(a_, b_, fused, cfg, aim)
             (loss if share == 1 else loss * share).backward()
         rep = torch.stack([loss.detach(), *(v.detach() for v in parts.values())]) * share
         return rep, tuple(parts), fused.detach().cpu().numpy()
