@@ -12,7 +12,7 @@ STAMP := $(VENV)/.film-installed
 # the numerics tests, run again under an older CPU's instruction set (issue: tolerances on any x86-64 CPU)
 NUMERICS := tests/test_golden.py tests/test_parity_ops.py tests/test_parity_blocks.py tests/test_parity_train.py
 
-.PHONY: setup demo demo-weights test test-fast test-avx2 clean-venv lock
+.PHONY: setup demo demo-weights demo-task-weights test test-fast test-avx2 clean-venv lock
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	python3 -m venv $(VENV)
@@ -28,12 +28,19 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/film fuse --checkpoint demo --random-text --pairs film/samples -o demo_out --grid --color
 
-# the shipped demo weights (docs/training.md, "Demo weights"): about 6 h on 2 CPU cores (torch and Jittor
-# side by side, then Jittor alone); writes film/weights/demo.safetensors and build/demo/{curves.png,judge*.json}.
+# the shipped demo weights (docs/training.md, "Demo weights"): about 8 h on 2 CPU cores (torch and Jittor
+# side by side, then Jittor alone); writes film/weights/demo.safetensors, the four demo-<TASK>.safetensors and
+# build/demo/{curves.png,judge*.json}.
 # DATA: the public pairs it trains on (task/dataset/{A,B} folders)
 DATA ?= ../shared/data/fusion_samples
 demo-weights: setup
 	$(PY) scripts/demo_weights.py all --data $(DATA) --work build/demo
+
+# one task's weights (film/weights/demo-$(TASK).safetensors: IVF, MIF or MFF) from the trunk's weights, e.g. the
+# trunk as shipped until 2026-12-02: git show a8d1000:film/weights/demo.safetensors > trunk.safetensors
+demo-task-weights: setup
+	@test -n "$(TASK)" -a -n "$(INIT)" || { echo "give TASK=IVF|MIF|MFF and INIT=<the trunk's weights>"; exit 2; }
+	$(PY) scripts/demo_weights.py task $(TASK) --data $(DATA) --init $(INIT) --work build/demo-$(TASK)
 
 test: setup
 	$(PY) -m pytest -q

@@ -66,7 +66,7 @@ MFF_SYNTHETIC = "synthetic multi-focus"  # a stage's data: prepare_mff's pairs i
 TASK_STAGES = {
     "IVF": ((1, ("IVF",), {"--lr": "1e-4"}),),
     "MIF": ((1, ("MIF",), {"--lr": "1e-4"}),),
-    "MFF": ((2, MFF_SYNTHETIC, {"--lr": "1e-4"}),),
+    "MFF": ((1, MFF_SYNTHETIC, {"--lr": "1e-4"}),),
 }
 RECIPE_FLAGS = [f for k, v in RECIPE.items() for f in (f"--{k.replace('_', '-')}", str(v))] + ["--init", "random"]
 

@@ -22,7 +22,12 @@ from conftest import run_cli as run
 # change to the shipped weights must be deliberate and change this line with it
 DEMO_SHA256 = "71bffaee2779b875b26fafcf32ee6deac7433d354e0a630adc36f5c728196474"
 # sha256 of film/weights/demo-<TASK>.safetensors (make demo-weights; docs/training.md), recorded the same way
-TASK_SHA256: dict[str, str] = {}
+TASK_SHA256 = {
+    "IVF": "a901b3d8bf9d11133f1ee1e5e3d8375a40290637ad00ff788680a6f517e9a165",
+    "MIF": "831df524b544f80d3e41fb1d8cf835a17921453fb2264b8ed2e515f4798c3b1c",
+    "MFF": "89cb478efa577a0f73dbbfaa60b8a7e70e5be03146bf2dc8968caca45a8c5471",
+    "MEF": "b9bfaf0ce46ada92cb6a72fe397704667efcf1c796e928104a13b6b54fead692",
+}
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "fusion_samples")
 
 
@@ -156,6 +161,39 @@ def test_demo_fuses_each_task_folder_with_its_task_weights(capsys, tmp_path, sam
     assert code == 0, text
     a, b = (cv2.imread(str(p / "Gray" / "Lytro" / "lytro_01.png")) for p in (tmp_path / "flag", tmp_path / "MFF"))
     assert np.array_equal(a, b)
+
+
+def test_synthetic_multi_focus_pairs_keep_the_truth_in_complementary_regions(tmp_path):
+    """prepare_mff's pairs: where the region mask is 1, A is the sharp image and B its blur, and the other way
+    round where it is 0 (checked against the mask the pair was made with, and the target group holds the sharp
+    crop); the fitted PSNR is infinite-like for a gain/offset copy of the truth and that of the hand-computed
+    MSE otherwise."""
+    import h5py
+
+    demo_weights = load_script("demo_weights")
+    rng = np.random.default_rng(0)
+    sharp = rng.random((64, 80)).astype(np.float32)
+    mask = np.zeros((64, 80), np.float32)
+    mask[:, :30] = 1
+    a, b, g = demo_weights.multi_focus_pair(np.random.default_rng(1), sharp, mask)
+    assert np.array_equal(g, sharp)
+    assert np.allclose(a[:, :30], sharp[:, :30]) and np.allclose(b[:, 30:], sharp[:, 30:])
+    for blurred in (a[:, 30:], b[:, :30]):  # a defocus blur: smoother than the truth there
+        assert np.abs(np.diff(blurred, axis=1)).mean() < 0.6 * np.abs(np.diff(sharp, axis=1)).mean()
+    truth = rng.random((32, 32)) * 255
+    assert demo_weights.fitted_psnr(2 * truth + 3, truth) > 100
+    noisy = truth + np.where(rng.random(truth.shape) < 0.5, -4.0, 4.0)
+    fit = np.polyfit(noisy.ravel(), truth.ravel(), 1)
+    mse = np.mean((np.polyval(fit, noisy) - truth) ** 2)
+    assert demo_weights.fitted_psnr(noisy, truth) == pytest.approx(10 * np.log10(255**2 / mse), rel=1e-9)
+    m = demo_weights.prepare_mff(None, str(tmp_path / "mff.h5"))
+    with h5py.File(tmp_path / "mff.h5") as f:
+        names = sorted(f["imageA"])
+        assert sorted(f["target"]) == names and len(names) == demo_weights.MFF_CROPS * len(m["images"])
+        for name in names[:: len(names) // 7]:
+            x, y, t = (f[grp][name][()][0] for grp in ("imageA", "imageB", "target"))
+            # every pixel is the truth in one source at least where the soft mask is 0 or 1
+            assert (np.minimum(np.abs(x - t), np.abs(y - t)) < 1e-6).mean() > 0.5, name
 
 
 def test_task_flag_with_another_checkpoint_is_one_line(capsys, tmp_path, samples):
