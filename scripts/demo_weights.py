@@ -14,6 +14,11 @@ show what the pipeline does on real images; not a model to publish results with.
     film train --backend torch|jittor --h5 demo_train.h5 <RECIPE_FLAGS> --out exp_demo
     python scripts/demo_weights.py judge torch=exp_demo/<run>/model/ckpt_1.pth jittor=<run>/model/ckpt_1.pkl@jittor
     python scripts/demo_weights.py export exp_demo/<run> -o film/weights/demo.safetensors --manifest demo_train.h5.json
+    python scripts/demo_weights.py task MFF --data DATA --init TRUNK   # one task's weights (make demo-task-weights)
+
+The task weights (film/weights/demo-<TASK>.safetensors, float16): the trunk (the recipe's first 1,640 steps,
+all tasks) trained on for one task (TASK_STAGES); MEF's are demo.safetensors (the MEF finish); MFF's train on
+synthetic multi-focus pairs whose truth is the loss's target (prepare_mff).
 
 DATA: a folder of public pairs in film's layout (task/dataset/{A,B} sub-folders), e.g. ../shared/data/fusion_samples
 beside a clone of this repository.
