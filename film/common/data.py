@@ -42,7 +42,7 @@ class H5Pairs:
                 target = set(f[TARGET].keys()) if TARGET in f else None
         except FilmError:
             raise
-        except (OSError, KeyError, ValueError) as e:
+        except (OSError, KeyError, ValueError, AttributeError, TypeError) as e:
             raise FilmError(f"{path}: not a readable H5 file ({e})") from None
         a, b, t = (set(n) for n in names)
         if not (a == b == t):
