@@ -209,7 +209,7 @@ def fuse_folder(
     # Batch same-size pairs with the same text length and weights; keep the input order for output.
     groups: dict[tuple, list[Item]] = {}
     for it in items:
-        t = item_task(it) if len(fusers) > 1 else None
+        t = item_task(it)
         groups.setdefault((t if t in fusers else None, it.a.shape, it.text.shape), []).append(it)
     batches = []
     for (t, *_), group in groups.items():

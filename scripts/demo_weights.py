@@ -166,13 +166,22 @@ def skimage_gray(name: str) -> np.ndarray:
     return read_gray01(os.path.join(os.path.dirname(skimage.__file__), "data", name))
 
 
+def skimage_images(names: tuple[str, ...]) -> list[tuple[str, np.ndarray]]:
+    """(label, image) of scikit-image's bundled photographs ``names``."""
+    return [(f"skimage_{os.path.splitext(n)[0]}", skimage_gray(n)) for n in names]
+
+
+def sharp_source(rel: str, pair) -> tuple[str, np.ndarray]:
+    """(label, the sharp image) of a pair of dataset ``rel`` (task/dataset) whose task is in SHARP_SOURCES."""
+    a, b = load_pair(pair)
+    return f"{rel.replace(os.sep, '_')}_{pair.name}", a if SHARP_SOURCES[rel.split(os.sep)[0]] == "A" else b
+
+
 def sharp_images(data: str | None) -> list[tuple[str, np.ndarray]]:
     """(label, sharp gray image) for the synthetic multi-focus training pairs."""
-    out = [(f"skimage_{os.path.splitext(n)[0]}", skimage_gray(n)) for n in SKIMAGE_TRAIN]
+    out = skimage_images(SKIMAGE_TRAIN)
     if data:
-        for rel, p in training_pairs(data, tuple(SHARP_SOURCES)):
-            a, b = load_pair(p)
-            out.append((f"{rel.replace(os.sep, '_')}_{p.name}", a if SHARP_SOURCES[rel.split(os.sep)[0]] == "A" else b))
+        out += [sharp_source(rel, p) for rel, p in training_pairs(data, tuple(SHARP_SOURCES))]
     return out
 
 
@@ -263,7 +272,7 @@ def export(run_dir: str, out: str, data_manifest: str | None = None, steps_befor
     FilmConfig back); ``steps_before``: steps of the run(s) its --init weights came from; ``task``: the task the
     weights are for; ``half``: stored as float16 (loaded back as float32; the cost: docs/training.md). Returns
     its SHA-256."""
-    from film.common.checkpoint import load_checkpoint, save_checkpoint
+    from film.common.checkpoint import load_checkpoint
     from film.common.training import latest_checkpoint, read_run_params
 
     params = read_run_params(run_dir)
@@ -283,28 +292,39 @@ def export(run_dir: str, out: str, data_manifest: str | None = None, steps_befor
     }
     if history:
         info["history"] = history
-    if task:
-        info["task"] = task
-    if half:
-        info["storage"] = "float16 (trained in float32)"
+    info = _for_task(info, task, half)
     if data_manifest:
         with open(data_manifest) as f:
             manifest = json.load(f)
         info["data"] = manifest.get("pairs") or {"synthetic multi-focus pairs of": manifest["images"]}
-    sd = {k: v.astype(np.float16) for k, v in ck.state_dict.items()} if half else ck.state_dict
-    save_checkpoint(out, sd, {"film_demo": json.dumps(info)}, ck.cfg)
-    return _sha(out)
+    return _save_demo(out, ck, info, half)
 
 
 def half_copy(src: str, out: str, task: str) -> str:
     """``src`` (demo weights exported by ``export``) stored in float16 as ``task``'s weights (its metadata says
     so). Returns the new file's SHA-256."""
-    from film.common.checkpoint import load_checkpoint, save_checkpoint
+    from film.common.checkpoint import load_checkpoint
 
     ck = load_checkpoint(src)
-    info = {**json.loads(ck.extras["film_demo"]), "task": task, "storage": "float16 (trained in float32)"}
-    save_checkpoint(out, {k: v.astype(np.float16) for k, v in ck.state_dict.items()}, {"film_demo": json.dumps(info)},
-                    ck.cfg)
+    return _save_demo(out, ck, _for_task(json.loads(ck.extras["film_demo"]), task, True), half=True)
+
+
+def _for_task(info: dict, task: str | None, half: bool) -> dict:
+    """The film_demo metadata ``info`` naming the task the weights are for and, in float16, their storage."""
+    if task:
+        info = {**info, "task": task}
+    if half:
+        info = {**info, "storage": "float16 (trained in float32)"}
+    return info
+
+
+def _save_demo(out: str, ck, info: dict, half: bool) -> str:
+    """Write ``ck``'s weights (in float16 with ``half``) with ``info`` as their film_demo metadata; returns the
+    file's SHA-256."""
+    from film.common.checkpoint import save_checkpoint
+
+    sd = {k: v.astype(np.float16) for k, v in ck.state_dict.items()} if half else ck.state_dict
+    save_checkpoint(out, sd, {"film_demo": json.dumps(info)}, ck.cfg)
     return _sha(out)
 
 
@@ -394,15 +414,12 @@ def mff_held_out_pairs(pairs_per_image: int = 2) -> list[tuple[str, np.ndarray, 
     never trained on (SKIMAGE_HELD_OUT and the sharp sources of the held-out shipped samples), each
     ``pairs_per_image`` times with its own region and blurs, all seeded."""
     rng = np.random.default_rng(MFF_SEED + 1)
-    images = [(f"skimage_{os.path.splitext(n)[0]}", skimage_gray(n)) for n in SKIMAGE_HELD_OUT]
+    images = skimage_images(SKIMAGE_HELD_OUT)
     root = samples_root()
     for ds in find_datasets(root):
-        task = os.path.relpath(ds, root).split(os.sep)[0]
-        if task in SHARP_SOURCES:
-            for p in match_pairs(*find_ab_folders(ds)):
-                a, b = load_pair(p)
-                images.append((f"{os.path.relpath(ds, root).replace(os.sep, '_')}_{p.name}",
-                               a if SHARP_SOURCES[task] == "A" else b))
+        rel = os.path.relpath(ds, root)
+        if rel.split(os.sep)[0] in SHARP_SOURCES:
+            images += [sharp_source(rel, p) for p in match_pairs(*find_ab_folders(ds))]
     out = []
     for label, img in images:
         for k in range(pairs_per_image):

@@ -262,10 +262,11 @@ def for_task(checkpoint, task: str | None):
         raise FilmError(f"unknown task {task!r}: one of {', '.join(TASKS)}")
     if checkpoint == DEMO:
         return f"demo-{task}"
-    if demo_task(checkpoint) == task:
+    holds = demo_task(checkpoint)
+    if holds == task:
         return checkpoint
-    if demo_task(checkpoint):
-        raise FilmError(f"{checkpoint} holds the {demo_task(checkpoint)} weights but the task is {task}: "
+    if holds:
+        raise FilmError(f"{checkpoint} holds the {holds} weights but the task is {task}: "
                         f"use --checkpoint demo-{task}, or demo with the task")
     what = repr(os.fspath(checkpoint)) if isinstance(checkpoint, (str, os.PathLike)) else "this checkpoint"
     raise FilmError(f"a task picks among the demo weights (--checkpoint demo); {what} is one network already: "

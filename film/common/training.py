@@ -435,8 +435,8 @@ class TrainerBase:
     def step(self, a: np.ndarray, b: np.ndarray, t: np.ndarray, cfg: StepConfig,
              target: np.ndarray | None = None) -> tuple[float, dict, np.ndarray]:
         """One optimizer step on the batch (a, b, t): (loss, {term: value}, fused); ``target``: the batch's known
-        fused images, if any (the loss then aims at them, ``film.common.loss.fusion_loss``). With ``cfg.micro_batch`` =
-        m < batch, the batch runs in chunks of m whose gradients add up (each chunk's mean loss weighted by its
+        fused images, if any (the loss then aims at them, ``film.common.loss.fusion_loss``). With
+        ``cfg.micro_batch`` = m < batch, the batch runs in chunks of m whose gradients add up (each chunk's mean loss weighted by its
         share of the batch: the same mean-loss gradient, since FILM treats samples independently), so memory
         follows m, not the batch. Under several processes the logged loss is the global batch's."""
         n = len(a)
@@ -454,8 +454,8 @@ class TrainerBase:
 
     def _chunk(self, a, b, t, share: float, first: bool, last: bool, cfg: StepConfig, target=None):
         """Forward and backward of one chunk, its loss scaled by ``share`` and added to the gradients (``first``,
-        ``last``: the batch's first and last chunk; ``target``: its known fused images or None). Returns (the framework vector [loss, *terms] x share, the term
-        names, the fused numpy batch)."""
+        ``last``: the batch's first and last chunk; ``target``: its known fused images or None). Returns (the
+        framework vector [loss, *terms] x share, the term names, the fused numpy batch)."""
         raise NotImplementedError
 
     def _update(self, total) -> list[float]:
