@@ -124,13 +124,15 @@ class Fuser:
         return get_backend(self.backend, self.device)
 
     def __post_init__(self):
-        # the memory a backend keeps between forwards (the torch CPU workspace) goes back with the last Fuser
+        # the memory a backend keeps between forwards (torch's CPU workspace, Jittor's allocator) goes back with
+        # the last Fuser
         _live_fusers.add(id(self))
         weakref.finalize(self, _fuser_gone, id(self), self.backend, self.device)
 
     def release_memory(self) -> int:
-        """Give back to the system the memory kept for the next forward (torch on CPU keeps its feature maps:
-        the next ``fuse`` reuses them instead of faulting them in again); returns the bytes given back. Called
+        """Give back to the system the memory kept for the next forward (on CPU, torch's workspace and Jittor's
+        allocator keep the feature maps of the last image size: the next ``fuse`` reuses them instead of
+        faulting them in again); returns the bytes given back. Called
         by itself when the last Fuser is garbage-collected and before a forward that would not fit."""
         return self.impl.release_memory()
 

@@ -13,3 +13,14 @@ def available_memory() -> int | None:
     except OSError:
         return None
     return None
+
+
+def resident_memory() -> int | None:
+    """This process's resident memory in bytes (/proc/self/statm), or None where unknown."""
+    import os
+
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
