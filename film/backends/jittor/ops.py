@@ -180,6 +180,18 @@ def attention(q: jt.Var, k: jt.Var, v: jt.Var) -> jt.Var:
     return K.bmm(softmax(scores), v)
 
 
+def inference() -> bool:
+    """Whether this forward is for inference only (no gradients are being recorded)."""
+    return bool(jt.flags.no_grad)
+
+
+def bmm(a: jt.Var, b: jt.Var, trans_b: bool = False) -> jt.Var:
+    """(n, M, K) @ (n, K, N), or @ (n, N, K) transposed with ``trans_b`` (oneDNN sgemm flags, no copy)."""
+    if K.onednn() is None:
+        return jt.matmul(a, b.transpose(0, 2, 1) if trans_b else b)
+    return K.batched_sgemm(a, b, trans_b=trans_b)
+
+
 def sigmoid(x: jt.Var) -> jt.Var:
     return jt.sigmoid(x)
 

@@ -104,6 +104,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     return F.scaled_dot_product_attention(q, k, v)
 
 
+def inference() -> bool:
+    """Whether this forward is for inference only (no gradients are being recorded)."""
+    return not torch.is_grad_enabled()
+
+
+def bmm(a: torch.Tensor, b: torch.Tensor, trans_b: bool = False) -> torch.Tensor:
+    """(n, M, K) @ (n, K, N), or @ (n, N, K) transposed with ``trans_b`` (read in place, not copied)."""
+    return torch.bmm(a, b.transpose(1, 2) if trans_b else b)
+
+
 def sigmoid(x: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(x)
 
