@@ -124,7 +124,12 @@ def image_to_tokens(m, ops, x):
 
     The official ``view`` cuts the flattened (C, 288, 384) map into consecutive runs of hidden_dim values.
     """
-    x = ops.to_nchw(resized(ops, m.conv, x, m.token_grid))
+    _, _, h, w = ops.image_dims(x)
+    gh, gw = m.token_grid
+    if ops.shapes_static() and h * w > gh * gw:  # resized(): the conv on the (smaller) token grid, after the
+        x = ops.conv_to_nchw(ops.resize_nearest(x, m.token_grid), m.conv)  # resize, written as NCHW memory
+    else:
+        x = ops.to_nchw(resized(ops, m.conv, x, m.token_grid))
     return x.reshape(x.shape[0], -1, m.hidden_dim)
 
 
@@ -156,9 +161,13 @@ def text_guided(m, ops, s: str, ca_name: str, feat, text, taps=None, prefix: str
     b, _, h, w = ops.image_dims(feat)
     gh, gw = cfg.token_grid
     # The official code also resizes `feat` to (H, W) twice here: identities, skipped.
-    ca = ops.from_nchw((tokens * ca).reshape(b, cfg.image2text_dim, gh, gw))
+    ca = (tokens * ca).reshape(b, cfg.image2text_dim, gh, gw)  # NCHW memory (the official view)
     conv2, prelu2 = getattr(m, f"conv{s}2"), getattr(m, f"prelu{s}2")
-    side = resized(ops, lambda y: prelu2(conv2(y)), ca, (h, w)) + feat
+    if ops.shapes_static() and gh * gw > h * w:  # resized(): the resize first, on the smaller image
+        side = resized(ops, lambda y: prelu2(conv2(y)), ops.from_nchw(ca), (h, w))
+    else:  # conv2 on the token grid, read from its NCHW memory into the feature maps' layout
+        side = ops.resize_nearest(prelu2(ops.conv_from_nchw(ca, conv2, feat)), (h, w))
+    side = side + feat
     return getattr(m, f"prelu{s}3")(getattr(m, f"conv{s}3")(ops.cat_channels([feat, side])))
 
 

@@ -63,6 +63,33 @@ def conv_split(x: jt.Var, pointwise, depthwise, sizes: tuple[int, ...],
     return tuple(out)
 
 
+def conv_to_nchw(x: jt.Var, conv) -> jt.Var:
+    """``to_nchw(conv(x))`` for a 1x1 ``conv``, as NCHW memory (the official token view reads it): NHWC, one
+    oneDNN sgemm (W times the pixel rows' transpose) instead of the convolution plus a transpose."""
+    if not K.is_nhwc():
+        return conv(x)
+    b, h, w, c = x.shape
+    weight = conv.weight.reshape(1, conv.weight.shape[0], c).broadcast((b, conv.weight.shape[0], c))
+    y = K.batched_sgemm(weight, x.reshape(b, h * w, c), trans_b=True)
+    if conv.bias is not None:
+        y = y + conv.bias.reshape(1, -1, 1)
+    return y.reshape(b, -1, h, w)
+
+
+def conv_from_nchw(x: jt.Var, conv, like: jt.Var) -> jt.Var:
+    """``conv(from_nchw(x))`` for a 1x1 ``conv`` of an NCHW map, in the current layout (``like``: a map of the
+    forward, for the torch backend's sake): NHWC, one oneDNN sgemm reading the NCHW memory transposed and
+    writing the pixel rows (no transpose)."""
+    if not K.is_nhwc():
+        return conv(x)
+    b, c, h, w = x.shape
+    weight = conv.weight.reshape(1, conv.weight.shape[0], c).broadcast((b, conv.weight.shape[0], c))
+    y = K.batched_sgemm(x.reshape(b, c, h * w), weight, trans_a=True, trans_b=True)
+    if conv.bias is not None:
+        y = y + conv.bias
+    return y.reshape(b, h, w, -1)
+
+
 def cat_channels(xs: list[jt.Var]) -> jt.Var:
     return jt.concat(xs, 3 if K.is_nhwc() else 1)
 
