@@ -70,6 +70,42 @@ def test_cross_attention_equals_torch_multiheadattention(tb, tiny_pair, rng):
     assert float((expect - got).abs().max()) <= 1e-6
 
 
+@pytest.mark.parametrize("text_len", [16, 36, 37, 149])
+def test_official_cross_attention_short_and_long_texts_against_torchs_module_in_float64(tb, jb, rng, text_len):
+    """The official cross-attention (E 256, 8 heads) over the same tokens as keys and values: inference computes
+    it without projecting the tokens for texts of up to 36 tokens (film.common.forward.attend_same_tokens),
+    the official order for longer ones. Both, in both backends, against torch.nn.MultiheadAttention in float64,
+    and against themselves with gradients recorded (the official order)."""
+    import jittor as jt
+    import torch
+
+    e, heads = OFFICIAL.hidden_dim, OFFICIAL.cross_attn_heads
+    sd = random_state_dict(OFFICIAL, seed=3)
+    prefix = "restormerca1.cross_attentionA1.multihead_attn."
+    weights = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    ref = torch.nn.MultiheadAttention(e, heads).double()
+    ref.load_state_dict({k: torch.from_numpy(v).double() for k, v in weights.items()})
+    q = (rng.standard_normal((2, text_len, e)) * 2).astype(np.float32)
+    kv = (rng.standard_normal((2, 300, e)) * 2).astype(np.float32)
+    with torch.no_grad():
+        t64 = lambda x: torch.from_numpy(x).double().transpose(0, 1)  # noqa: E731
+        expect = ref(t64(q), t64(kv), t64(kv))[0].transpose(0, 1).numpy()
+    mt = tb.build_model(OFFICIAL, sd, "cpu").restormerca1.cross_attentionA1
+    mj = jb.build_model(OFFICIAL, sd, "cpu").restormerca1.cross_attentionA1
+    tq, tkv = torch.from_numpy(q), torch.from_numpy(kv)
+    with torch.no_grad():
+        got_t = mt(tq, tkv, tkv).numpy()
+    recorded_t = mt(tq, tkv, tkv).detach().numpy()  # gradients recorded: the official order
+    jq, jkv = jt.array(q), jt.array(kv)
+    with jt.no_grad():
+        got_j = mj(jq, jkv, jkv).numpy()
+    recorded_j = mj(jq, jkv, jkv).numpy()
+    scale = float(np.abs(expect).max())
+    for name, got in (("torch", got_t), ("jittor", got_j), ("torch, grad", recorded_t), ("jittor, grad", recorded_j)):
+        assert float(np.abs(got - expect).max()) <= 2e-6 * max(1.0, scale), name
+    assert float(np.abs(got_t - recorded_t).max()) <= 2e-6 * max(1.0, scale)
+
+
 def test_text_process_and_tokens(tiny_pair, rng):
     mt, mj = tiny_pair
     text = rng.standard_normal((2, 11, TINY.text_dim)).astype(np.float32)

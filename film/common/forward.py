@@ -65,9 +65,9 @@ def transformer_block(m, ops, x):
 
 def multihead_attention(m, ops, query, key, value):
     """``nn.MultiheadAttention`` on batch-first tensors: (B,L,E), (B,S,E), (B,S,E) -> (B,L,E)."""
-    if key is value and ops.inference():  # FILM's cross-attention: the keys and values are the same tokens
-        return attend_same_tokens(m, ops, query, key)
     e, h = m.embed_dim, m.num_heads
+    if key is value and ops.inference() and query.shape[1] * h < e + query.shape[1]:
+        return attend_same_tokens(m, ops, query, key)  # FILM's cross-attention with a short text: cheaper
     w, bias = m.in_proj_weight, m.in_proj_bias
     b, n_q = query.shape[0], query.shape[1]
 
@@ -84,10 +84,12 @@ def attend_same_tokens(m, ops, query, x):
 
     Per head, with K = x Wk^T + bk and V = x Wv^T + bv: q K^T = (q Wk) x^T + (q . bk), and the last term is the
     same for every key of a query row, which the softmax ignores; P V = (P x) Wv^T + bv, since each row of
-    P = softmax(...) sums to 1. So 2 (L heads) E S multiply-adds instead of the projections' 2 S E^2: with
-    FILM's L = 16 text tokens, 8 heads, E = 256 and S = 13,824 image tokens, half the cross-attention's work
-    (5-7 % of a 286x517 forward), 2.5e-6 from the official order on random weights and as far from float64
-    (5.9e-6 against 5.4e-6). Training keeps the official order (bk's gradient is zero here, not Adam-scaled
+    P = softmax(...) sums to 1. So 2 (L heads) E S multiply-adds instead of the official 2 S E (E + L): fewer
+    when L heads < E + L, i.e. for texts of up to 36 tokens with FILM's 8 heads and E = 256 (the caller's
+    test). With L = 16 and S = 13,824 image tokens, half the cross-attention's work (5-7 % of a 286x517
+    forward), 2.5e-6 from the official order on random weights and as far from float64 (5.9e-6 against
+    5.4e-6). A paragraph's BLIP-2 features are longer (the synthetic text: 149 tokens), where the official
+    order is cheaper and runs. Training keeps the official order (bk's gradient is zero here, not Adam-scaled
     rounding noise as in the official code, so the trained weights would drift apart)."""
     e, h = m.embed_dim, m.num_heads
     d = e // h
