@@ -66,8 +66,6 @@ def transformer_block(m, ops, x):
 def multihead_attention(m, ops, query, key, value):
     """``nn.MultiheadAttention`` on batch-first tensors: (B,L,E), (B,S,E), (B,S,E) -> (B,L,E)."""
     e, h = m.embed_dim, m.num_heads
-    if key is value and ops.inference() and query.shape[1] * h < e + query.shape[1]:
-        return attend_same_tokens(m, ops, query, key)  # FILM's cross-attention with a short text: cheaper
     w, bias = m.in_proj_weight, m.in_proj_bias
     b, n_q = query.shape[0], query.shape[1]
 
@@ -79,33 +77,47 @@ def multihead_attention(m, ops, query, key, value):
     return m.out_proj(out.transpose(1, 2).reshape(b, n_q, e))
 
 
-def attend_same_tokens(m, ops, query, x):
-    """``multihead_attention(m, ops, query, x, x)`` without projecting the S tokens of x (inference).
+def pooled_cross_attention(ca, ops, text, tokens):
+    """The cablock's cross-attention of the text over the image tokens, averaged over the text (the official
+    ``adaptive_avg_pool1d``): (B,L,E), (B,S,E) -> (B,1,E). Training: the official order. Inference:
+    :func:`attend_pooled`, the same quantity with less work."""
+    if ops.inference():
+        return attend_pooled(ca.multihead_attn, ops, text, tokens)
+    return ops.mean_keepdim(ca(text, tokens, tokens), 1)
 
-    Per head, with K = x Wk^T + bk and V = x Wv^T + bv: q K^T = (q Wk) x^T + (q . bk), and the last term is the
-    same for every key of a query row, which the softmax ignores; P V = (P x) Wv^T + bv, since each row of
-    P = softmax(...) sums to 1. So 2 (L heads) E S multiply-adds instead of the official 2 S E (E + L): fewer
-    when L heads < E + L, i.e. for texts of up to 36 tokens with FILM's 8 heads and E = 256 (the caller's
-    test). With L = 16 and S = 13,824 image tokens, half the cross-attention's work (5-7 % of a 286x517
-    forward), 2.5e-6 from the official order on random weights and as far from float64 (5.9e-6 against
-    5.4e-6). A paragraph's BLIP-2 features are longer (the synthetic text: 149 tokens), where the official
-    order is cheaper and runs. Training keeps the official order (bk's gradient is zero here, not Adam-scaled
-    rounding noise as in the official code, so the trained weights would drift apart)."""
+
+def attend_pooled(m, ops, query, x):
+    """``mean over L of multihead_attention(m, ops, query, x, x)`` (inference), (B,L,E), (B,S,E) -> (B,1,E).
+
+    The mean over the L query rows commutes with out_proj and with V: per head, mean_l(P[l] V) = p V with p the
+    mean of P's rows, and p V = (p x) Wv^T + bv since p sums to 1. So V = x Wv^T + bv is never made (S E^2
+    multiply-adds) and P V shrinks to one row per head (S = 13,824 image tokens, E = 256). The scores
+    q K^T: for short texts, L heads < E + L (up to 36 tokens with 8 heads), q K^T = (q Wk) x^T + q . bk, whose
+    last term the softmax ignores, so K is not made either; for a paragraph's features (149 tokens in the
+    synthetic text) K is made as officially. 2-3e-6 from the official order on random weights, as far from
+    float64. Training keeps the official order (with the short-text scores bk's gradient would be exactly zero,
+    not the Adam-scaled rounding noise of the official code, and the trained weights would drift apart)."""
     e, h = m.embed_dim, m.num_heads
     d = e // h
     w, bias = m.in_proj_weight, m.in_proj_bias
-    b, n_q = query.shape[0], query.shape[1]
+    b, n_q, s = query.shape[0], query.shape[1], x.shape[1]
     q = ops.linear(query, w[:e], bias[:e]) * (1.0 / math.sqrt(d))  # scaled as in attention
-    # by head: (heads, L*B, d) @ (heads, d, E) -> (heads, L*B, E), the query rows taken through Wk
-    q = q.reshape(b, n_q, h, d).transpose(0, 2).reshape(h, n_q * b, d)
-    qk = ops.bmm(q, w[e : 2 * e].reshape(h, d, e))
-    # by sample: (B, L*heads, E) against the tokens (B, S, E): scores, softmax, P x
-    qk = qk.reshape(h, n_q, b, e).transpose(0, 2).reshape(b, n_q * h, e)
-    px = ops.bmm(ops.softmax(ops.bmm(qk, x, trans_b=True)), x)
-    px = px.reshape(b, n_q, h, e).transpose(0, 2).reshape(h, n_q * b, e)
+    if n_q * h < e + n_q:
+        # by head: (heads, L*B, d) @ (heads, d, E): the query rows taken through Wk; then by sample, the rows
+        # (l, head) of (B, L*heads, E) against the tokens
+        q = q.reshape(b, n_q, h, d).transpose(0, 2).reshape(h, n_q * b, d)
+        qk = ops.bmm(q, w[e : 2 * e].reshape(h, d, e))
+        qk = qk.reshape(h, n_q, b, e).transpose(0, 2).reshape(b, n_q * h, e)
+        p = ops.mean_keepdim(ops.softmax(ops.bmm(qk, x, trans_b=True)).reshape(b, n_q, h, s), 1)
+    else:
+        k = ops.linear(x, w[e : 2 * e], bias[e : 2 * e])
+        p = ops.stack([
+            ops.mean_keepdim(ops.softmax(ops.bmm(q[:, :, i * d : (i + 1) * d], k[:, :, i * d : (i + 1) * d],
+                                                 trans_b=True)), 1)
+            for i in range(h)], 1)
+    px = ops.bmm(p.reshape(b, h, s), x).transpose(0, 1)  # (heads, B, E): p x
     out = ops.bmm(px, w[2 * e :].reshape(h, d, e), trans_b=True) + bias[2 * e :].reshape(h, 1, d)
-    out = out.reshape(h, n_q, b, d).transpose(0, 2).reshape(b, n_q, e)
-    return m.out_proj(out)
+    return m.out_proj(out.transpose(0, 1).reshape(b, 1, e))
 
 
 def resized(ops, f, x, size):
@@ -156,9 +168,8 @@ def text_guided(m, ops, s: str, ca_name: str, feat, text, taps=None, prefix: str
     result weights the tokens, which go back to the image grid and join ``feat``."""
     cfg = m.cfg
     tokens = getattr(m, f"imagef2textf{s}1")(feat)
-    ca = getattr(m, ca_name)(text, tokens, tokens)
     # adaptive_avg_pool1d over the text length, then L1 normalisation over the hidden_dim channels.
-    ca = ops.l1_normalize(ops.mean_keepdim(ca, 1), cfg.normalize_eps)
+    ca = ops.l1_normalize(pooled_cross_attention(getattr(m, ca_name), ops, text, tokens), cfg.normalize_eps)
     tap(taps, f"{prefix}.{ca_name}", ca, ops)
     b, _, h, w = ops.image_dims(feat)
     gh, gw = cfg.token_grid

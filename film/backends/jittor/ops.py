@@ -219,6 +219,10 @@ def bmm(a: jt.Var, b: jt.Var, trans_b: bool = False) -> jt.Var:
     return K.batched_sgemm(a, b, trans_b=trans_b)
 
 
+def stack(xs: list[jt.Var], dim: int) -> jt.Var:
+    return jt.stack(xs, dim)
+
+
 def sigmoid(x: jt.Var) -> jt.Var:
     return jt.sigmoid(x)
 

@@ -114,6 +114,10 @@ def bmm(a: torch.Tensor, b: torch.Tensor, trans_b: bool = False) -> torch.Tensor
     return torch.bmm(a, b.transpose(1, 2) if trans_b else b)
 
 
+def stack(xs: list[torch.Tensor], dim: int) -> torch.Tensor:
+    return torch.stack(xs, dim)
+
+
 def sigmoid(x: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(x)
 
