@@ -102,7 +102,7 @@ def attend_pooled(m, ops, query, x):
     w, bias = m.in_proj_weight, m.in_proj_bias
     b, n_q, s = query.shape[0], query.shape[1], x.shape[1]
     q = ops.linear(query, w[:e], bias[:e]) * (1.0 / math.sqrt(d))  # scaled as in attention
-    if n_q * h < e + n_q:
+    if ops.shapes_static() and n_q * h < e + n_q:  # (an exported graph serves texts of every length)
         # by head: (heads, L*B, d) @ (heads, d, E): the query rows taken through Wk; then by sample, the rows
         # (l, head) of (B, L*heads, E) against the tokens
         q = q.reshape(b, n_q, h, d).transpose(0, 2).reshape(h, n_q * b, d)
