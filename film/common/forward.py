@@ -10,7 +10,8 @@ Image feature maps are (B, C, H, W) *logically*; where a backend stores them cha
 backend on oneDNN keeps them physically NHWC, as oneDNN's fast convolutions want), every access that
 depends on the memory order goes through ``ops``: ``image_dims``, ``conv_split``, ``cat_channels``,
 ``qk_cosine`` / ``attend_project`` (the MDTA's products over its (B, heads, C/heads, H*W) rows),
-``to_nchw`` / ``from_nchw`` (the official token ``view`` of an NCHW map, network input and output).
+``to_nchw`` / ``from_nchw`` (the official token ``view`` of an NCHW map, network input and output), and
+``conv_to_nchw`` / ``conv_from_nchw`` (the token grid's 1x1 convolutions, writing or reading that NCHW memory).
 
 Restates the official ``net/Film.py`` / ``net/restormer.py`` (IF-FILM) forward.
 """
@@ -177,8 +178,8 @@ def text_guided(m, ops, s: str, ca_name: str, feat, text, taps=None, prefix: str
     # The official code also resizes `feat` to (H, W) twice here: identities, skipped.
     ca = (tokens * ca).reshape(b, cfg.image2text_dim, gh, gw)  # NCHW memory (the official view)
     conv2, prelu2 = getattr(m, f"conv{s}2"), getattr(m, f"prelu{s}2")
-    if ops.shapes_static() and gh * gw > h * w:  # resized(): the resize first, on the smaller image
-        side = resized(ops, lambda y: prelu2(conv2(y)), ops.from_nchw(ca), (h, w))
+    if ops.shapes_static() and gh * gw > h * w:  # as resized(): the resize first, on the smaller image
+        side = prelu2(conv2(ops.resize_nearest(ops.from_nchw(ca), (h, w))))
     else:  # conv2 on the token grid, read from its NCHW memory into the feature maps' layout
         side = ops.resize_nearest(prelu2(ops.conv_from_nchw(ca, conv2, feat)), (h, w))
     side = side + feat
