@@ -83,6 +83,18 @@ def grown():
     return g
 """
 
+# a probe process's resident memory, and how much of the host program's own 200 MB block (malloc'ed, touched,
+# freed) stays resident after its free: all of it leaves with glibc's defaults
+HOST_BLOCK = """
+import os, numpy as np
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def host_block():
+    x = np.ones(200 * 2**20 // 8); held = rss(); del x
+    return held - rss()
+"""
+
 
 def test_library_use_leaves_malloc_alone_and_the_cli_owns_its_process(tb):
     """Fuser.fuse (library use) changes no malloc setting of the host process; enable_for_process (what the film

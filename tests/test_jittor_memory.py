@@ -11,18 +11,12 @@ import sys
 
 import numpy as np
 import pytest
+from test_heap import HOST_BLOCK  # resident memory read by a probe process
 
 pytestmark = pytest.mark.jittor
 
-_PROBE = """
-import json, os, sys, numpy as np
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-def host_block():
-    # the host program's own 200 MB block: malloc'ed, touched, freed; how much resident memory it leaves
-    x = np.ones(200 * 2**20 // 8); held = rss(); del x
-    return held - rss()
+_PROBE = HOST_BLOCK + """
+import json, sys
 import film
 res = {"before": host_block()}
 rng = np.random.default_rng(0)

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_heap import _PROBE  # glibc's mallinfo2 from a probe process
+from test_heap import _PROBE, HOST_BLOCK  # glibc's mallinfo2, resident memory from a probe process
 
 pytestmark = pytest.mark.torch
 
@@ -48,15 +48,8 @@ def test_same_numbers_as_torchs_default_allocator(tmp_path):
     assert np.array_equal(np.load(on), np.load(off))
 
 
-_HOST = _PROBE + """
-import json, os
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-def host_block():
-    # the host program's own 200 MB block: malloc'ed, touched, freed; how much resident memory it leaves
-    x = np.ones(200 * 2**20 // 8); held = rss(); del x
-    return held - rss()
+_HOST = _PROBE + HOST_BLOCK + """
+import json
 import film, torch
 res = {"before": host_block()}
 rng = np.random.default_rng(0)
