@@ -122,17 +122,14 @@ def attend_pooled(m, ops, query, x):
     return m.out_proj(out.transpose(0, 1).reshape(b, 1, e))
 
 
-def resized(ops, f, x, size):
-    """``resize_nearest(f(x), size)`` for a per-pixel ``f`` (1x1 convolutions, PReLU): a nearest resize only
-    picks pixels, so it commutes with ``f``, which runs on whichever side has fewer pixels. Not the official
-    order (f, then resize) when the resize shrinks; the same numbers (each pixel's value is computed the same
-    way), and at 480x640 the token-grid 1x1 convolutions run on 288x384 instead of 480x640. While a graph is
-    exported for every image size (``ops.shapes_static()`` False: film export), the official order always.
-    """
-    _, _, h, w = ops.image_dims(x)
-    if ops.shapes_static() and h * w > size[0] * size[1]:
-        return f(ops.resize_nearest(x, size))
-    return ops.resize_nearest(f(x), size)
+def resize_first(ops, src: tuple[int, int], dst: tuple[int, int]) -> bool:
+    """Whether a per-pixel op next to a nearest resize from ``src`` to ``dst`` (1x1 convolutions, PReLU) runs
+    after the resize instead of before it (the official order): a nearest resize only picks pixels, so it
+    commutes with such an op, which then runs on whichever side has fewer pixels. The same numbers (each pixel's
+    value is computed the same way), and at 480x640 the token-grid 1x1 convolutions run on 288x384 instead of
+    480x640. While a graph is exported for every image size (``ops.shapes_static()`` False: film export), the
+    official order always."""
+    return ops.shapes_static() and src[0] * src[1] > dst[0] * dst[1]
 
 
 def image_to_tokens(m, ops, x):
@@ -141,11 +138,10 @@ def image_to_tokens(m, ops, x):
     The official ``view`` cuts the flattened (C, 288, 384) map into consecutive runs of hidden_dim values.
     """
     _, _, h, w = ops.image_dims(x)
-    gh, gw = m.token_grid
-    if ops.shapes_static() and h * w > gh * gw:  # resized(): the conv on the (smaller) token grid, after the
-        x = ops.conv_to_nchw(ops.resize_nearest(x, m.token_grid), m.conv)  # resize, written as NCHW memory
+    if resize_first(ops, (h, w), m.token_grid):  # the conv on the token grid, written as NCHW memory
+        x = ops.conv_to_nchw(ops.resize_nearest(x, m.token_grid), m.conv)
     else:
-        x = ops.to_nchw(resized(ops, m.conv, x, m.token_grid))
+        x = ops.to_nchw(ops.resize_nearest(m.conv(x), m.token_grid))
     return x.reshape(x.shape[0], -1, m.hidden_dim)
 
 
@@ -178,7 +174,7 @@ def text_guided(m, ops, s: str, ca_name: str, feat, text, taps=None, prefix: str
     # The official code also resizes `feat` to (H, W) twice here: identities, skipped.
     ca = (tokens * ca).reshape(b, cfg.image2text_dim, gh, gw)  # NCHW memory (the official view)
     conv2, prelu2 = getattr(m, f"conv{s}2"), getattr(m, f"prelu{s}2")
-    if ops.shapes_static() and gh * gw > h * w:  # as resized(): the resize first, on the smaller image
+    if resize_first(ops, (gh, gw), (h, w)):
         side = prelu2(conv2(ops.resize_nearest(ops.from_nchw(ca), (h, w))))
     else:  # conv2 on the token grid, read from its NCHW memory into the feature maps' layout
         side = ops.resize_nearest(prelu2(ops.conv_from_nchw(ca, conv2, feat)), (h, w))

@@ -436,9 +436,9 @@ class TrainerBase:
              target: np.ndarray | None = None) -> tuple[float, dict, np.ndarray]:
         """One optimizer step on the batch (a, b, t): (loss, {term: value}, fused); ``target``: the batch's known
         fused images, if any (the loss then aims at them, ``film.common.loss.fusion_loss``). With
-        ``cfg.micro_batch`` = m < batch, the batch runs in chunks of m whose gradients add up (each chunk's mean loss weighted by its
-        share of the batch: the same mean-loss gradient, since FILM treats samples independently), so memory
-        follows m, not the batch. Under several processes the logged loss is the global batch's."""
+        ``cfg.micro_batch`` = m < batch, the batch runs in chunks of m whose gradients add up (each chunk's mean
+        loss weighted by its share of the batch: the same mean-loss gradient, since FILM treats samples
+        independently), so memory follows m, not the batch. Under several processes the logged loss is the global batch's."""
         n = len(a)
         m = min(n, cfg.micro_batch or n)
         starts = list(range(0, n, m))

@@ -76,16 +76,17 @@ class _BatchedSgemm(jt.Function):
         return da, db, None, None
 
 
-def bmm(a: jt.Var, b: jt.Var) -> jt.Var:
-    """Batched float32 matmul (..., M, K) @ (..., K, N). Jittor lowers a batched ``jt.matmul`` to
-    broadcast-multiply-sum; with oneDNN loaded, one sgemm per batch entry (``batched_sgemm``) instead: 5-13x
-    faster on FILM's attention shapes."""
+def bmm(a: jt.Var, b: jt.Var, trans_b: bool = False) -> jt.Var:
+    """Batched float32 matmul (..., M, K) @ (..., K, N), or @ (..., N, K) transposed with ``trans_b``. Jittor
+    lowers a batched ``jt.matmul`` to broadcast-multiply-sum; with oneDNN loaded, one sgemm per batch entry
+    (``batched_sgemm``, the transpose an sgemm flag) instead: 5-13x faster on FILM's attention shapes."""
     if onednn() is None or a.ndim < 3:
-        return jt.matmul(a, b)
+        last = list(range(b.ndim - 2)) + [b.ndim - 1, b.ndim - 2]
+        return jt.matmul(a, b.transpose(*last) if trans_b else b)
     lead = a.shape[:-2]
     n = int(np.prod(lead))
     a2, b2 = a.reshape(n, a.shape[-2], a.shape[-1]), b.reshape(n, b.shape[-2], b.shape[-1])
-    return batched_sgemm(a2, b2).reshape(*lead, a.shape[-2], b.shape[-1])
+    return batched_sgemm(a2, b2, trans_b=trans_b).reshape(*lead, a.shape[-2], b.shape[-2 if trans_b else -1])
 
 
 GRAM_ROWS = 4096  # pixel rows per float32 sgemm partial of the NHWC gram (partials summed in float64)

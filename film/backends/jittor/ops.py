@@ -63,14 +63,19 @@ def conv_split(x: jt.Var, pointwise, depthwise, sizes: tuple[int, ...],
     return tuple(out)
 
 
+def _per_sample(weight: jt.Var, b: int) -> jt.Var:
+    """A 1x1 convolution's (C_out, C, 1, 1) weight as a (b, C_out, C) stack, one matrix per sample."""
+    c_out, c = weight.shape[0], weight.shape[1]
+    return weight.reshape(1, c_out, c).broadcast((b, c_out, c))
+
+
 def conv_to_nchw(x: jt.Var, conv) -> jt.Var:
     """``to_nchw(conv(x))`` for a 1x1 ``conv``, as NCHW memory (the official token view reads it): NHWC, one
     oneDNN sgemm (W times the pixel rows' transpose) instead of the convolution plus a transpose."""
     if not K.is_nhwc():
         return conv(x)
     b, h, w, c = x.shape
-    weight = conv.weight.reshape(1, conv.weight.shape[0], c).broadcast((b, conv.weight.shape[0], c))
-    y = K.batched_sgemm(weight, x.reshape(b, h * w, c), trans_b=True)
+    y = K.batched_sgemm(_per_sample(conv.weight, b), x.reshape(b, h * w, c), trans_b=True)
     if conv.bias is not None:
         y = y + conv.bias.reshape(1, -1, 1)
     return y.reshape(b, -1, h, w)
@@ -83,8 +88,7 @@ def conv_from_nchw(x: jt.Var, conv, like: jt.Var) -> jt.Var:
     if not K.is_nhwc():
         return conv(x)
     b, c, h, w = x.shape
-    weight = conv.weight.reshape(1, conv.weight.shape[0], c).broadcast((b, conv.weight.shape[0], c))
-    y = K.batched_sgemm(x.reshape(b, c, h * w), weight, trans_a=True, trans_b=True)
+    y = K.batched_sgemm(x.reshape(b, c, h * w), _per_sample(conv.weight, b), trans_a=True, trans_b=True)
     if conv.bias is not None:
         y = y + conv.bias
     return y.reshape(b, h, w, -1)
@@ -214,9 +218,7 @@ def inference() -> bool:
 
 def bmm(a: jt.Var, b: jt.Var, trans_b: bool = False) -> jt.Var:
     """(n, M, K) @ (n, K, N), or @ (n, N, K) transposed with ``trans_b`` (oneDNN sgemm flags, no copy)."""
-    if K.onednn() is None:
-        return jt.matmul(a, b.transpose(0, 2, 1) if trans_b else b)
-    return K.batched_sgemm(a, b, trans_b=trans_b)
+    return K.bmm(a, b, trans_b)
 
 
 def stack(xs: list[jt.Var], dim: int) -> jt.Var:
