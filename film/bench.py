@@ -14,6 +14,8 @@ max_memory_allocated on CUDA) belongs to that case alone. Implementations:
   torch-library   ``film.load_fuser(...).fuse()`` as a host program calls it: no opt-in, glibc's malloc defaults
                   (the torch backend's own CPU workspace only; film/backends/torch/workspace.py)
   jittor-library  the same with the Jittor backend
+  torch-library-bf16  torch-library with the opt-in ``precision="bf16"`` (where the CPU computes bf16 natively:
+                  AVX512-BF16 / AMX; on CUDA); refused in one line elsewhere
   official-code   the official IF-FILM network itself (``--official-code DIR``: a checkout of its repository),
                   glibc's defaults; official-code-tuned: the same under GLIBC_TUNABLES (the anchor of issue 35)
 Results: benchmarks/results/<date>_<device>.json (machine, versions, date) and a Markdown table.
@@ -34,6 +36,7 @@ from typing import NamedTuple
 import numpy as np
 
 from film.common.atomic import atomic_write_bytes, check_output_file
+from film.common.precision import check_precision
 from film.common.spec import OFFICIAL
 from film.errors import FilmError
 
@@ -68,6 +71,7 @@ class Impl(NamedTuple):
     process_heap: bool = False  # the process keeps freed memory (film.common.heap), as the film command does
     library: bool = False  # through film.load_fuser(...).fuse(), as a host program calls it
     tunables: bool = False  # the child runs under GLIBC_TUNABLES (the official code as PyTorch's guide tunes it)
+    precision: str = "float32"  # opt-in reduced precision (film.common.precision), library calls only
 
 
 IMPLS = {
@@ -79,6 +83,7 @@ IMPLS = {
     "torch-nchw": Impl("torch", False, False, process_heap=True),
     "torch-nhwc": Impl("torch", True, False, process_heap=True),
     "torch-library": Impl("torch", None, False, library=True),
+    "torch-library-bf16": Impl("torch", None, False, library=True, precision="bf16"),
     "jittor": Impl("jittor", None, False, process_heap=True),
     "jittor-library": Impl("jittor", None, False, library=True),
     "onnx": Impl("onnx", None, False, process_heap=True),
@@ -86,6 +91,14 @@ IMPLS = {
 OFFICIAL_CODE = ("official-code", "official-code-tuned")
 BASELINES = ("official-style", "official-heap", *OFFICIAL_CODE)  # every other case is compared with each
 TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
+
+
+def _reduced_runs(precision: str, device: str) -> bool:
+    try:
+        check_precision(precision, "cuda" if device.startswith("cuda") else "cpu", "torch")
+    except FilmError:
+        return False
+    return True
 
 
 def _official_code_net(path: str):
@@ -192,7 +205,7 @@ def run_case(case: Case) -> dict:
     elif spec.library:  # a host program's call: load_fuser(...).fuse() on HxW arrays
         import film
 
-        fuser = film.load_fuser(sd, backend=backend, device=device)
+        fuser = film.load_fuser(sd, backend=backend, device=device, precision=spec.precision)
         layout = "nhwc" if fuser.impl.is_fast(fuser.model) else "nchw"
 
         def once():
@@ -400,6 +413,8 @@ def bench(
     # the torch layout that "torch" (as shipped) does not use on this device
     other = "torch-nchw" if get_backend(IMPLS["torch"].backend, device).fast_default(device) else "torch-nhwc"
     impls = ["official-style", "official-heap", "torch", "torch-library", other, "jittor", "jittor-library"]
+    if _reduced_runs("bf16", device):  # the opt-in bf16 where this device computes it natively
+        impls.insert(4, "torch-library-bf16")
     if official_code:
         _official_code_net(official_code)  # refused here, in one line, before any timing
         impls[2:2] = list(OFFICIAL_CODE)
@@ -412,7 +427,9 @@ def bench(
         bad = [b for b in names if b not in IMPLS or b in BASELINES]
         if bad:
             raise FilmError(f"--backends: unknown {', '.join(bad)} (choose from torch, torch-nchw, torch-nhwc, "
-                            "torch-library, jittor, jittor-library, onnx)")
+                            "torch-library, torch-library-bf16, jittor, jittor-library, onnx)")
+        for name in names:  # a reduced precision this device cannot run: refused here, before any timing
+            check_precision(IMPLS[name].precision, "cuda" if device.startswith("cuda") else "cpu", IMPLS[name].backend)
         impls = ["official-style"] + (list(OFFICIAL_CODE) if official_code else []) + list(dict.fromkeys(names))
     kind = "_memory" if memory else ""
     out = output or os.path.join(

@@ -210,6 +210,73 @@ def test_conv_split_is_the_official_chunk(tb, jb, rng, fast):
         close(got.transpose(0, 3, 1, 2) if fast else got, want, 1e-5, "jittor conv_split")
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["nchw", "nhwc"])
+def test_fused_inference_convolutions_match_their_formulas(tb, jb, rng, fast):
+    """ops.gelu_gate, conv_add and conv_prelu against their formulas in float64 (torch's own convolutions and
+    erf GELU), in an inference forward (torch's fused oneDNN convolutions in channels_last: checked to run) and
+    with gradients recorded (the plain path), and Jittor's in its NCHW order."""
+    import jittor as jt
+    import torch
+    import torch.nn.functional as F
+
+    from film.backends.jittor import kernels as jk
+    from film.backends.jittor import model as jm
+    from film.backends.jittor import ops as jops
+    from film.backends.torch import ops as tops
+
+    x = rng.standard_normal((2, 8, 13, 17)).astype(np.float32)
+    res = rng.standard_normal((2, 5, 13, 17)).astype(np.float32)
+    pw = (rng.standard_normal((12, 8, 1, 1)) / 3).astype(np.float32)
+    dw, db = rng.standard_normal((12, 1, 3, 3)).astype(np.float32), rng.standard_normal(12).astype(np.float32)
+    cw, cb = (rng.standard_normal((5, 8, 3, 3)) / 5).astype(np.float32), rng.standard_normal(5).astype(np.float32)
+    ow, ob = (rng.standard_normal((5, 6, 1, 1)) / 2).astype(np.float32), rng.standard_normal(5).astype(np.float32)
+    alpha = np.float32(0.3)
+    d = {k: torch.from_numpy(v).double() for k, v in dict(x=x, res=res, pw=pw, dw=dw, db=db, cw=cw, cb=cb, ow=ow,
+                                                          ob=ob).items()}
+    y = F.conv2d(F.conv2d(d["x"], d["pw"]), d["dw"], d["db"], padding=1, groups=12)
+    gate = (0.5 * y[:, :6] * (1 + torch.erf(y[:, :6] / np.sqrt(2))) * y[:, 6:]).numpy()
+    conv = F.conv2d(d["x"], d["cw"], d["cb"], padding=1)
+    prelu = torch.where(conv > 0, conv, float(alpha) * conv).numpy()
+    gate32 = gate.astype(np.float32)
+    add = (d["res"] + F.conv2d(torch.from_numpy(gate32).double(), d["ow"], d["ob"])).numpy()
+
+    tp, td = torch.nn.Conv2d(8, 12, 1, bias=False), torch.nn.Conv2d(12, 12, 3, padding=1, groups=12)
+    tc, to, tpr = torch.nn.Conv2d(8, 5, 3, padding=1), torch.nn.Conv2d(6, 5, 1), torch.nn.PReLU()
+    for m, ws in ((tp, [pw]), (td, [dw, db]), (tc, [cw, cb]), (to, [ow, ob]), (tpr, [np.array([alpha])])):
+        for p, v in zip(m.parameters(), ws):
+            p.data = torch.from_numpy(v)
+    fmt = torch.channels_last if fast else torch.contiguous_format
+    for m in (tp, td, tc, to):
+        m.to(memory_format=fmt)
+    tx, tr, tg = (torch.from_numpy(v).contiguous(memory_format=fmt) for v in (x, res, gate32))
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad), torch.inference_mode(not grad):
+            assert tops._fused(tx) == (fast and not grad and tops._POINTWISE is not None)
+            close(tops.gelu_gate(tx, tp, td, 6).detach().numpy(), gate, 1e-5, f"torch gelu_gate grad={grad}")
+            close(tops.conv_add(to, tg, tr).detach().numpy(), add, 1e-5, f"torch conv_add grad={grad}")
+            close(tops.conv_prelu(tc, tpr, tx).detach().numpy(), prelu, 1e-5, f"torch conv_prelu grad={grad}")
+
+    jp, jd = jm.Conv2d(8, 12, 1, bias=False), jm.Conv2d(12, 12, 3, padding=1, groups=12)
+    jc, jo, jpr = jm.Conv2d(8, 5, 3, padding=1), jm.Conv2d(6, 5, 1), jm.PReLU()
+    for m, ws in ((jp, [pw]), (jd, [dw, db]), (jc, [cw, cb]), (jo, [ow, ob]), (jpr, [np.array([alpha])])):
+        for p, v in zip(m.parameters(), ws):
+            p.update(jt.array(v))
+    if fast and jk.onednn() is None:
+        pytest.skip("the NHWC Jittor layout needs oneDNN")
+
+    def nhwc(v):  # Jittor's channels-last maps are NHWC arrays
+        return jt.array(v.transpose(0, 2, 3, 1).copy() if fast else v)
+
+    def nchw(v):
+        return v.numpy().transpose(0, 3, 1, 2) if fast else v.numpy()
+
+    for grad in (False, True):  # inference: the one-pass gate kernel in NHWC
+        with jk.layout(fast), jt.flag_scope(no_grad=not grad):
+            close(nchw(jops.gelu_gate(nhwc(x), jp, jd, 6)), gate, 1e-5, f"jittor gelu_gate grad={grad}")
+            close(nchw(jops.conv_add(jo, nhwc(gate32), nhwc(res))), add, 1e-5, f"jittor conv_add grad={grad}")
+            close(nchw(jops.conv_prelu(jc, jpr, nhwc(x))), prelu, 1e-5, f"jittor conv_prelu grad={grad}")
+
+
 def test_qk_cosine_long_axis_nhwc(tb, jb, rng):
     """The NHWC cosine takes its norms from a float32 gram over ~10^5 pixels: as accurate as the official
     order (F.normalize, then the gram) in float32, against float64."""

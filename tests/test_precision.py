@@ -52,3 +52,31 @@ def test_bf16_near_float32_where_native(tb):
     assert low.dtype == np.float32 and low.shape == ref.shape
     diff = np.abs(low - ref)
     assert 0 < diff.max() < 0.05, diff.max()
+
+
+def test_bench_refuses_bf16_in_one_line(capsys, tmp_path, monkeypatch):
+    """film bench --backends torch-library-bf16 where the CPU has no native bf16 (simulated): one line, before
+    any timing, no results file."""
+    monkeypatch.setattr("film.common.precision.cpu_flags", lambda: {"avx2"})
+    out = tmp_path / "b.json"
+    code, text = run_cli(capsys, "bench", "--device", "cpu", "--sizes", "24x40", "--backends", "torch-library-bf16",
+                         "-o", out)
+    assert code == 2 and "native bf16" in text and len(text.strip().splitlines()) == 1, text
+    assert not out.exists()
+
+
+@pytest.mark.torch
+def test_bench_times_bf16_where_native(capsys, tmp_path):
+    """Where the CPU has native bf16, film bench's torch-library-bf16 row is the library call in bf16: near the
+    official-style forward, and not equal to it (bf16 really ran)."""
+    if not cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16 (AVX512-BF16 / AMX): bf16 is refused here")
+    import json
+
+    out = tmp_path / "b.json"
+    code, text = run_cli(capsys, "bench", "--device", "cpu", "--sizes", "24x40", "--backends",
+                         "torch-library,torch-library-bf16", "--repeats", "1", "--warmup", "0", "-o", out)
+    assert code == 0, text
+    rows = {r["impl"]: r for r in json.loads(out.read_text())["inference"]}
+    assert rows["torch-library"]["max_abs_vs_official_style"] <= 1e-5
+    assert 1e-4 < rows["torch-library-bf16"]["max_abs_vs_official_style"] < 0.1

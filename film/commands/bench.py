@@ -8,9 +8,11 @@ def register(sub) -> None:
     k.add_argument("--device", default="auto", help="auto, cpu or cuda")
     k.add_argument("--sizes", nargs="+", help="HxW sizes (default: 288x384 480x640, plus 768x1024 on GPU)")
     k.add_argument("--backends", help="comma list of torch (as shipped, as the film command runs it), "
-        "torch-library (film.load_fuser(...).fuse() in a host program: no opt-in, glibc's defaults), torch-nchw, "
-        "torch-nhwc, jittor, jittor-library, onnx (default: all of them except the torch layout the device does not "
-        "ship by default, onnx only when onnxruntime is installed; official-style and official-heap always run)")
+        "torch-library (film.load_fuser(...).fuse() in a host program: no opt-in, glibc's defaults), "
+        "torch-library-bf16 (the same with the opt-in precision bf16), torch-nchw, torch-nhwc, jittor, "
+        "jittor-library, onnx (default: all of them except the torch layout the device does not ship by default, "
+        "bf16 only where the CPU computes it natively, onnx only when onnxruntime is installed; official-style and "
+        "official-heap always run)")
     k.add_argument("--official-code", metavar="DIR",
                    help="a checkout of the official IF-FILM repository: its network is timed too, with glibc's "
                    "defaults and under GLIBC_TUNABLES (the tuned official: every ratio is also given against it)")

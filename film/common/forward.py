@@ -40,11 +40,14 @@ def mdta(m, ops, x):
     return ops.attend_project(attn, v, m.project_out)
 
 
+def gdfn_gate(m, ops, x):
+    """The GDFN before its last convolution: gelu(x1) * x2 with x1, x2 = dwconv(project_in(x)).chunk(2, dim=1)."""
+    return ops.gelu_gate(x, m.project_in, m.dwconv, m.project_out.weight.shape[1])
+
+
 def gdfn(m, ops, x):
     """Restormer Gated-Dconv Feed-Forward Network. (B,C,H,W) -> (B,C,H,W)."""
-    h = m.project_out.weight.shape[1]
-    x1, x2 = ops.conv_split(x, m.project_in, m.dwconv, (h, h))  # official: dwconv(project_in(x)).chunk(2, dim=1)
-    return m.project_out(ops.gelu(x1) * x2)
+    return m.project_out(gdfn_gate(m, ops, x))
 
 
 def recomputed(on: bool, ops, fn, xs: tuple, modules: list):
@@ -61,7 +64,10 @@ def transformer_block(m, ops, x):
     its own (the FFN's 4x-wide maps are the largest of the network, and are not kept alongside the attention's)."""
     on = getattr(m, "_film_recompute", False)
     x = x + recomputed(on, ops, lambda y: m.attn(m.norm1(y)), (x,), [m.norm1, m.attn])
-    return x + recomputed(on, ops, lambda y: m.ffn(m.norm2(y)), (x,), [m.norm2, m.ffn])
+    if on:
+        return x + recomputed(on, ops, lambda y: m.ffn(m.norm2(y)), (x,), [m.norm2, m.ffn])
+    # x + ffn(norm2(x)), the residual added by the FFN's last convolution (ops.conv_add)
+    return ops.conv_add(m.ffn.project_out, gdfn_gate(m.ffn, ops, m.norm2(x)), x)
 
 
 def multihead_attention(m, ops, query, key, value):
@@ -147,8 +153,7 @@ def image_to_tokens(m, ops, x):
 
 def cablock_branch(m, ops, s: str, ca_name: str, image, text, taps, prefix: str):
     """One source (s = 'A' or 'B') of ``restormer_cablock``."""
-    conv1, prelu1 = getattr(m, f"conv{s}1"), getattr(m, f"prelu{s}1")
-    feat = getattr(m, f"restormer{s}1")(prelu1(conv1(image)))
+    feat = getattr(m, f"restormer{s}1")(ops.conv_prelu(getattr(m, f"conv{s}1"), getattr(m, f"prelu{s}1"), image))
     tap(taps, f"{prefix}.restormer{s}1", feat, ops)
     if taps is None:  # the text-guided side branch, recomputed in the backward pass with recompute=all
         used = [getattr(m, n) for n in (f"imagef2textf{s}1", ca_name, f"conv{s}2", f"prelu{s}2", f"conv{s}3",
@@ -175,11 +180,11 @@ def text_guided(m, ops, s: str, ca_name: str, feat, text, taps=None, prefix: str
     ca = (tokens * ca).reshape(b, cfg.image2text_dim, gh, gw)  # NCHW memory (the official view)
     conv2, prelu2 = getattr(m, f"conv{s}2"), getattr(m, f"prelu{s}2")
     if resize_first(ops, (gh, gw), (h, w)):
-        side = prelu2(conv2(ops.resize_nearest(ops.from_nchw(ca), (h, w))))
+        side = ops.conv_prelu(conv2, prelu2, ops.resize_nearest(ops.from_nchw(ca), (h, w)))
     else:  # conv2 on the token grid, read from its NCHW memory into the feature maps' layout
         side = ops.resize_nearest(prelu2(ops.conv_from_nchw(ca, conv2, feat)), (h, w))
     side = side + feat
-    return getattr(m, f"prelu{s}3")(getattr(m, f"conv{s}3")(ops.cat_channels([feat, side])))
+    return ops.conv_prelu(getattr(m, f"conv{s}3"), getattr(m, f"prelu{s}3"), ops.cat_channels([feat, side]))
 
 
 def cablock(m, ops, imageA, imageB, text, taps, prefix: str):

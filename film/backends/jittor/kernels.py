@@ -264,6 +264,60 @@ for (int i = 0; i < H; i++) {
 """
 
 
+# The GDFN's gate in one pass (inference): both halves' depth-wise 3x3 (each summed as _DW3X3_NHWC sums) and
+# gelu(x1) * x2 (jt.nn.gelu's formula, erf(x / sqrt 2)) per pixel, so that neither half is written to memory and
+# read back for the GELU and the product.
+_DW3X3_GATE_NHWC_HEADER = "#include <vector>\n#include <cmath>\n"
+_DW3X3_GATE_NHWC = r"""
+const int B = in0_shape0, H = in0_shape1, W = in0_shape2, C = in0_shape3;
+const float* __restrict__ x1 = in0_p;
+const float* __restrict__ x2 = in1_p;
+const float* __restrict__ w1 = in2_p;
+const float* __restrict__ w2 = in3_p;
+const float* __restrict__ b1 = in4_p;
+const float* __restrict__ b2 = in5_p;
+float* __restrict__ y = out0_p;
+#pragma omp parallel
+{
+  std::vector<float> acc(2 * C);
+  float* __restrict__ u = acc.data();
+  float* __restrict__ v = acc.data() + C;
+  #pragma omp for collapse(2)
+  for (int b = 0; b < B; b++)
+  for (int i = 0; i < H; i++) {
+    for (int j = 0; j < W; j++) {
+      for (int c = 0; c < C; c++) { u[c] = b1[c]; v[c] = b2[c]; }
+      for (int di = -1; di <= 1; di++) {
+        const int ii = i + di;
+        if (ii < 0 || ii >= H) continue;
+        for (int dj = -1; dj <= 1; dj++) {
+          const int jj = j + dj;
+          if (jj < 0 || jj >= W) continue;
+          const size_t at = ((size_t)(b * H + ii) * W + jj) * C;
+          const int k = ((di + 1) * 3 + (dj + 1)) * C;
+          for (int c = 0; c < C; c++) u[c] += x1[at + c] * w1[k + c];
+          for (int c = 0; c < C; c++) v[c] += x2[at + c] * w2[k + c];
+        }
+      }
+      float* __restrict__ yo = y + ((size_t)(b * H + i) * W + j) * C;
+      for (int c = 0; c < C; c++)
+        yo[c] = (std::erf(u[c] / 1.4142135623730951f) + 1.0f) * u[c] * 0.5f * v[c];
+    }
+  }
+}
+"""
+
+
+def depthwise3x3_gate_nhwc(x1: jt.Var, x2: jt.Var, weight: jt.Var, bias: jt.Var | None) -> jt.Var:
+    """``gelu(dw(x1)[:C]) * dw(x2)[C:]``-style gate (inference): the depth-wise 3x3 (padding 1) of ``weight``
+    (2C, 1, 3, 3) and ``bias`` (2C) whose first C channels run over the NHWC map ``x1`` and last C over ``x2``."""
+    c = x1.shape[3]
+    taps = weight.reshape(2 * c, 9).transpose(1, 0)  # (9, 2C)
+    b = bias if bias is not None else jt.zeros((2 * c,), dtype=x1.dtype)
+    return jt.code(x1.shape, x1.dtype, [x1, x2, taps[:, :c], taps[:, c:], b[:c], b[c:]],
+                   cpu_header=_DW3X3_GATE_NHWC_HEADER, cpu_src=_DW3X3_GATE_NHWC)
+
+
 # The weight and bias gradients of the depth-wise 3x3 over an NHWC map: per channel, sums over every pixel of
 # x (shifted by the tap) * dy, and of dy. Each image row is summed in float32 (vectorised over channels), the
 # rows in float64 per thread, the threads' partials added at the end: these sums run over ~10^5 terms per

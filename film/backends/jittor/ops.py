@@ -206,6 +206,30 @@ def gelu(x: jt.Var) -> jt.Var:
     return jt.nn.gelu(x)
 
 
+def gelu_gate(x: jt.Var, pointwise, depthwise, hidden: int) -> jt.Var:
+    """The GDFN's gate ``gelu(x1) * x2`` with ``x1, x2 = depthwise(pointwise(x)).chunk(2, dim=1)``.
+
+    NHWC inference: each half by its own 1x1 convolution, then one pass makes both depth-wise convolutions and
+    the gate per pixel (kernels.depthwise3x3_gate_nhwc), neither half written out and read back."""
+    if not (K.is_nhwc() and jt.flags.no_grad):
+        x1, x2 = conv_split(x, pointwise, depthwise, (hidden, hidden))
+        return gelu(x1) * x2
+    w, bias = pointwise.weight, pointwise.bias
+    y1, y2 = (K.conv2d_onednn(x, w[a:z], None if bias is None else bias[a:z], 0, 1)
+              for a, z in ((0, hidden), (hidden, 2 * hidden)))
+    return K.depthwise3x3_gate_nhwc(y1, y2, depthwise.weight, depthwise.bias)
+
+
+def conv_add(conv, x: jt.Var, residual: jt.Var) -> jt.Var:
+    """``residual + conv(x)`` (a block's residual connection around its last convolution)."""
+    return residual + conv(x)
+
+
+def conv_prelu(conv, prelu, x: jt.Var) -> jt.Var:
+    """``prelu(conv(x))``."""
+    return prelu(conv(x))
+
+
 def attention(q: jt.Var, k: jt.Var, v: jt.Var) -> jt.Var:
     scores = K.bmm(q * (1.0 / math.sqrt(q.shape[-1])), k.transpose(0, 1, 3, 2))
     return K.bmm(softmax(scores), v)

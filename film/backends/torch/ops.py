@@ -183,6 +183,60 @@ def attend_project(attn: torch.Tensor, v: torch.Tensor, project_out: torch.nn.Co
     return out.reshape(b, h, w, -1).permute(0, 3, 1, 2)
 
 
+# Inference convolutions with their next elementwise step done on the convolution's output (oneDNN post-ops,
+# the fused convolutions torch.compile's inductor uses on CPU): the same formula, one pass over the map fewer.
+
+_POINTWISE = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
+
+
+def _fused(x: torch.Tensor) -> bool:
+    """Whether oneDNN's fused convolutions run here: an inference forward on CPU, float32 channels_last maps,
+    no autocast (bf16 keeps torch's own convolutions, which autocast casts), a torch build with oneDNN, not
+    while a graph is exported (ONNX has no such operators)."""
+    return (_POINTWISE is not None and shapes_static() and not torch.is_grad_enabled() and x.device.type == "cpu"
+            and x.dtype == torch.float32 and _is_nhwc(x) and not torch.is_autocast_enabled("cpu")
+            and torch.backends.mkldnn.is_available())
+
+
+def _conv_args(conv: torch.nn.Conv2d, a: int = 0, z: int | None = None) -> tuple:
+    """(weight, bias, padding, stride, dilation, groups) of ``conv``'s output channels a:z for oneDNN."""
+    z = conv.out_channels if z is None else z
+    groups = conv.groups if conv.groups == 1 else z - a  # a depth-wise convolution keeps one group per channel
+    bias = None if conv.bias is None else conv.bias[a:z]
+    return (conv.weight[a:z].contiguous(), bias, list(conv.padding), list(conv.stride), list(conv.dilation), groups)
+
+
+def gelu_gate(x: torch.Tensor, pointwise: torch.nn.Conv2d, depthwise: torch.nn.Conv2d, hidden: int) -> torch.Tensor:
+    """The GDFN's gate ``gelu(x1) * x2`` with ``x1, x2 = depthwise(pointwise(x)).chunk(2, dim=1)``.
+
+    Inference in channels_last: each half by its own 1x1 convolution, then the first half's depth-wise
+    convolution writes gelu(x1) (oneDNN's erf GELU, ~1e-7 relative from torch's) and the second's writes
+    x2 * gelu(x1): two passes over the hidden maps fewer than GELU and the product on their own."""
+    if not _fused(x):
+        x1, x2 = conv_split(x, pointwise, depthwise, (hidden, hidden))
+        return gelu(x1) * x2
+    y1 = F.conv2d(x, *_conv_args(pointwise, 0, hidden)[:2])
+    y2 = F.conv2d(x, *_conv_args(pointwise, hidden, 2 * hidden)[:2])
+    g = _POINTWISE(y1, *_conv_args(depthwise, 0, hidden), "gelu", [], "none")
+    return _POINTWISE.binary(y2, g, *_conv_args(depthwise, hidden, 2 * hidden), "mul", None, None, [], None)
+
+
+def conv_add(conv: torch.nn.Conv2d, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``residual + conv(x)`` (a block's residual connection around its last convolution); in a fused inference
+    forward the convolution adds it as it writes its output."""
+    if not (_fused(x) and _is_nhwc(residual)):
+        return residual + conv(x)
+    return _POINTWISE.binary(x, residual, *_conv_args(conv), "add", None, None, [], None)
+
+
+def conv_prelu(conv: torch.nn.Conv2d, prelu: torch.nn.PReLU, x: torch.Tensor) -> torch.Tensor:
+    """``prelu(conv(x))``; in a fused inference forward a one-parameter PReLU (FILM's) is the convolution's
+    leaky-ReLU post-op (the same formula: x if x > 0 else a * x)."""
+    if not (_fused(x) and prelu.weight.numel() == 1):
+        return prelu(conv(x))
+    return _POINTWISE(x, *_conv_args(conv), "leaky_relu", [prelu.weight.item()], "")
+
+
 def detach(x: torch.Tensor) -> torch.Tensor:
     return x.detach()
 
