@@ -117,10 +117,10 @@ def attend_pooled(m, ops, query, x):
         qk = qk.reshape(h, n_q, b, e).transpose(0, 2).reshape(b, n_q * h, e)
         p = ops.mean_keepdim(ops.softmax(ops.bmm(qk, x, trans_b=True)).reshape(b, n_q, h, s), 1)
     else:
-        def head(i):  # (B, 1, S): the mean of head i's softmax rows; its keys made by their own slice of Wk
-            a, z = e + i * d, e + (i + 1) * d
-            k = ops.linear(x, w[a:z], bias[a:z])
-            return ops.mean_keepdim(ops.softmax(ops.bmm(q[:, :, i * d : (i + 1) * d], k, trans_b=True)), 1)
+        keys = ops.head_keys(x, w[e : 2 * e], bias[e : 2 * e], h)
+
+        def head(i):  # (B, 1, S): the mean of head i's softmax rows
+            return ops.mean_keepdim(ops.softmax(ops.bmm(q[:, :, i * d : (i + 1) * d], keys[i], trans_b=True)), 1)
 
         p = ops.stack([head(i) for i in range(h)], 1)
     px = ops.bmm(p.reshape(b, h, s), x).transpose(0, 1)  # (heads, B, E): p x

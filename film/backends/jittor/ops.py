@@ -245,6 +245,13 @@ def bmm(a: jt.Var, b: jt.Var, trans_b: bool = False) -> jt.Var:
     return K.bmm(a, b, trans_b)
 
 
+def head_keys(x: jt.Var, w: jt.Var, bias: jt.Var, heads: int) -> list[jt.Var]:
+    """The attention keys ``x w^T + bias`` (B, S, E) as each head's (B, S, E/heads), each made by its own slice
+    of ``w`` (a column slice of one projection would be a copy in Jittor)."""
+    d = w.shape[0] // heads
+    return [linear(x, w[i * d : (i + 1) * d], bias[i * d : (i + 1) * d]) for i in range(heads)]
+
+
 def stack(xs: list[jt.Var], dim: int) -> jt.Var:
     return jt.stack(xs, dim)
 
