@@ -116,8 +116,8 @@ def bmm(a: torch.Tensor, b: torch.Tensor, trans_b: bool = False) -> torch.Tensor
 
 def head_keys(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, heads: int) -> list[torch.Tensor]:
     """The attention keys ``x w^T + bias`` (B, S, E) as each head's (B, S, E/heads): one projection, whose
-    column slices the score products read in place (8 per-head projections: 55 against 47 ms per
-    cross-attention of 13,824 tokens, the same numbers)."""
+    column slices the score products read in place (the same numbers as 8 per-head projections; 47 against
+    55 ms per cross-attention of 13,824 tokens alone, level to 2 % faster over a 286x517 forward)."""
     k, d = F.linear(x, w, bias), w.shape[0] // heads
     return [k[..., i * d : (i + 1) * d] for i in range(heads)]
 
