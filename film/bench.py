@@ -279,6 +279,10 @@ def machine_info(device: str) -> dict:
             info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
     except OSError:
         pass
+    from film.common.precision import cpu_flags
+
+    # the instruction sets that move these timings (oneDNN's kernels, native bf16)
+    info["cpu_flags"] = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
     if device == "cuda":
         try:
             q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
@@ -489,7 +493,8 @@ def _impl_label(r: dict) -> str:
 
 def format_results(res: dict) -> str:
     m = res["machine"]
-    lines = [f"device: {m['device']} ({m.get('gpu') or m.get('cpu', '')}), {m['cpus']} CPUs, {m['date']}", ""]
+    isa = f"; {', '.join(m['cpu_flags'])}" if m.get("cpu_flags") and not m.get("gpu") else ""
+    lines = [f"device: {m['device']} ({m.get('gpu') or m.get('cpu', '')}{isa}), {m['cpus']} CPUs, {m['date']}", ""]
     rows = res["inference"] + res["train_step"]
     ran = [b for b in BASELINES if any(r["impl"] == b and "failed" not in r for r in rows)]  # columns of run ones
     keys = [b.replace("-", "_") for b in ran]
