@@ -309,8 +309,8 @@ float* __restrict__ y = out0_p;
 
 
 def depthwise3x3_gate_nhwc(x1: jt.Var, x2: jt.Var, weight: jt.Var, bias: jt.Var | None) -> jt.Var:
-    """``gelu(dw(x1)[:C]) * dw(x2)[C:]``-style gate (inference): the depth-wise 3x3 (padding 1) of ``weight``
-    (2C, 1, 3, 3) and ``bias`` (2C) whose first C channels run over the NHWC map ``x1`` and last C over ``x2``."""
+    """``gelu(dw1(x1)) * dw2(x2)`` of two NHWC maps of C channels (inference): dw1 and dw2 are the first and
+    last C channels of one depth-wise 3x3 convolution (padding 1), ``weight`` (2C, 1, 3, 3) and ``bias`` (2C)."""
     c = x1.shape[3]
     taps = weight.reshape(2 * c, 9).transpose(1, 0)  # (9, 2C)
     b = bias if bias is not None else jt.zeros((2 * c,), dtype=x1.dtype)
