@@ -93,9 +93,15 @@ BASELINES = ("official-style", "official-heap", *OFFICIAL_CODE)  # every other c
 TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
 
 
-def _reduced_runs(precision: str, device: str) -> bool:
+def _check_impl_precision(impl: str, device: str) -> None:
+    """A FilmError, in one line, where ``impl``'s precision cannot run on ``device`` (film.common.precision)."""
+    spec = IMPLS[impl]
+    check_precision(spec.precision, "cuda" if device.startswith("cuda") else "cpu", spec.backend)
+
+
+def _runs_here(impl: str, device: str) -> bool:
     try:
-        check_precision(precision, "cuda" if device.startswith("cuda") else "cpu", "torch")
+        _check_impl_precision(impl, device)
     except FilmError:
         return False
     return True
@@ -417,7 +423,7 @@ def bench(
     # the torch layout that "torch" (as shipped) does not use on this device
     other = "torch-nchw" if get_backend(IMPLS["torch"].backend, device).fast_default(device) else "torch-nhwc"
     impls = ["official-style", "official-heap", "torch", "torch-library", other, "jittor", "jittor-library"]
-    if _reduced_runs("bf16", device):  # the opt-in bf16 where this device computes it natively
+    if _runs_here("torch-library-bf16", device):  # the opt-in bf16 where this device computes it natively
         impls.insert(4, "torch-library-bf16")
     if official_code:
         _official_code_net(official_code)  # refused here, in one line, before any timing
@@ -433,7 +439,7 @@ def bench(
             raise FilmError(f"--backends: unknown {', '.join(bad)} (choose from torch, torch-nchw, torch-nhwc, "
                             "torch-library, torch-library-bf16, jittor, jittor-library, onnx)")
         for name in names:  # a reduced precision this device cannot run: refused here, before any timing
-            check_precision(IMPLS[name].precision, "cuda" if device.startswith("cuda") else "cpu", IMPLS[name].backend)
+            _check_impl_precision(name, device)
         impls = ["official-style"] + (list(OFFICIAL_CODE) if official_code else []) + list(dict.fromkeys(names))
     kind = "_memory" if memory else ""
     out = output or os.path.join(

@@ -72,10 +72,7 @@ def measure(data: str, weights: str = "demo-{task}") -> dict:
             "psnr_uint8_db": psnr(u16, u32, 255.0), "uint8_changed": float(np.mean(u16 != u32)),
             **{f"{m}_float32": s32[m] for m in METRICS}, **{f"{m}_bf16": s16[m] for m in METRICS},
         })
-    per_task = {}
-    for task in dict.fromkeys(r["task"] for r in rows):
-        sel = [r for r in rows if r["task"] == task]
-        per_task[task] = summary(sel)
+    per_task = {task: summary([r for r in rows if r["task"] == task]) for task in dict.fromkeys(r["task"] for r in rows)}
     return {"machine": machine_info("cpu"), "weights": weights, "text": "film fuse --random-text (seeded by pair)",
             "pairs": rows, "per_task": per_task, "all": summary(rows)}
 
@@ -84,10 +81,9 @@ def summary(rows: list[dict]) -> dict:
     def mean(k):
         return float(np.mean([r[k] for r in rows]))
 
+    t32, t16 = (float(np.sum([r[k] for r in rows])) for k in ("float32_s", "bf16_s"))
     return {
-        "pairs": len(rows), "float32_s": float(np.sum([r["float32_s"] for r in rows])),
-        "bf16_s": float(np.sum([r["bf16_s"] for r in rows])),
-        "speedup": float(np.sum([r["float32_s"] for r in rows]) / np.sum([r["bf16_s"] for r in rows])),
+        "pairs": len(rows), "float32_s": t32, "bf16_s": t16, "speedup": t32 / t16,
         "max_abs": float(np.max([r["max_abs"] for r in rows])), "psnr_db_mean": mean("psnr_db"),
         "psnr_db_min": float(np.min([r["psnr_db"] for r in rows])), "psnr_uint8_db_mean": mean("psnr_uint8_db"),
         "uint8_changed_mean": mean("uint8_changed"),

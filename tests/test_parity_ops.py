@@ -214,7 +214,8 @@ def test_conv_split_is_the_official_chunk(tb, jb, rng, fast):
 def test_fused_inference_convolutions_match_their_formulas(tb, jb, rng, fast):
     """ops.gelu_gate, conv_add and conv_prelu against their formulas in float64 (torch's own convolutions and
     erf GELU), in an inference forward (torch's fused oneDNN convolutions in channels_last: checked to run) and
-    with gradients recorded (the plain path), and Jittor's in its NCHW order."""
+    with gradients recorded (the plain path), and Jittor's in both layouts (NHWC inference: the one-pass gate
+    kernel)."""
     import jittor as jt
     import torch
     import torch.nn.functional as F

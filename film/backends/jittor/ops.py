@@ -52,15 +52,25 @@ def conv_split(x: jt.Var, pointwise, depthwise, sizes: tuple[int, ...],
             out.append(y[:, start : start + n])
             start += n
         return tuple(out)
-    out, start = [], 0
-    for n in sizes:
-        def part(p, a=start, z=start + n):
-            return None if p is None else p[a:z]
+    return tuple(K.depthwise3x3_nhwc(y, _part(depthwise.weight, a, z), _part(depthwise.bias, a, z))
+                 for y, (a, z) in zip(_pointwise_parts(x, pointwise, sizes), _bounds(sizes)))
 
-        y = K.conv2d_onednn(x, part(pointwise.weight), part(pointwise.bias), 0, 1)
-        out.append(K.depthwise3x3_nhwc(y, part(depthwise.weight), part(depthwise.bias)))
-        start += n
-    return tuple(out)
+
+def _bounds(sizes: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(start, end) of each channel group of ``sizes``."""
+    ends = np.cumsum(sizes).tolist()
+    return list(zip([0, *ends[:-1]], ends))
+
+
+def _part(p: jt.Var | None, a: int, z: int) -> jt.Var | None:
+    return None if p is None else p[a:z]
+
+
+def _pointwise_parts(x: jt.Var, pointwise, sizes: tuple[int, ...]) -> list[jt.Var]:
+    """``pointwise(x)`` of an NHWC map cut into channel groups of ``sizes``, each made by its own 1x1
+    convolution over the matching output channels (a channel slice of an NHWC map is a copy in Jittor)."""
+    return [K.conv2d_onednn(x, _part(pointwise.weight, a, z), _part(pointwise.bias, a, z), 0, 1)
+            for a, z in _bounds(sizes)]
 
 
 def _per_sample(weight: jt.Var, b: int) -> jt.Var:
@@ -214,9 +224,7 @@ def gelu_gate(x: jt.Var, pointwise, depthwise, hidden: int) -> jt.Var:
     if not (K.is_nhwc() and jt.flags.no_grad):
         x1, x2 = conv_split(x, pointwise, depthwise, (hidden, hidden))
         return gelu(x1) * x2
-    w, bias = pointwise.weight, pointwise.bias
-    y1, y2 = (K.conv2d_onednn(x, w[a:z], None if bias is None else bias[a:z], 0, 1)
-              for a, z in ((0, hidden), (hidden, 2 * hidden)))
+    y1, y2 = _pointwise_parts(x, pointwise, (hidden, hidden))
     return K.depthwise3x3_gate_nhwc(y1, y2, depthwise.weight, depthwise.bias)
 
 

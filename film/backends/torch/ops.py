@@ -194,7 +194,9 @@ def attend_project(attn: torch.Tensor, v: torch.Tensor, project_out: torch.nn.Co
 # Inference convolutions with their next elementwise step done on the convolution's output (oneDNN post-ops,
 # the fused convolutions torch.compile's inductor uses on CPU): the same formula, one pass over the map fewer.
 
-_POINTWISE = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
+# (None in a torch build without oneDNN: torch's own convolutions then)
+_POINTWISE = (getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
+              if torch.backends.mkldnn.is_available() else None)
 
 
 def _fused(x: torch.Tensor) -> bool:
@@ -202,8 +204,7 @@ def _fused(x: torch.Tensor) -> bool:
     no autocast (bf16 keeps torch's own convolutions, which autocast casts), a torch build with oneDNN, not
     while a graph is exported (ONNX has no such operators)."""
     return (_POINTWISE is not None and shapes_static() and not torch.is_grad_enabled() and x.device.type == "cpu"
-            and x.dtype == torch.float32 and _is_nhwc(x) and not torch.is_autocast_enabled("cpu")
-            and torch.backends.mkldnn.is_available())
+            and x.dtype == torch.float32 and _is_nhwc(x) and not torch.is_autocast_enabled("cpu"))
 
 
 def _conv_args(conv: torch.nn.Conv2d, a: int = 0, z: int | None = None) -> tuple:
